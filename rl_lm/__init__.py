@@ -1,0 +1,1 @@
+"""rl_lm: reinforcement-learning post-training of language models in JAX."""
