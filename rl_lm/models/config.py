@@ -28,8 +28,9 @@ class ModelConfig:
       head_dim: Dh; defaults to dim // num_heads.
       mlp_dim: F, inner size of the SwiGLU MLP.
       rope_theta: RoPE base.
-      rope_scaling: None, or Llama-3 scaling as a dict with keys factor,
-        low_freq_factor, high_freq_factor, original_max_position_embeddings.
+      rope_scaling: None, or Llama-3 scaling given as a dict with keys factor,
+        low_freq_factor, high_freq_factor, original_max_position_embeddings
+        (kept as sorted (key, value) pairs).
       norm_eps: RMSNorm epsilon.
       qkv_bias: biases on the q/k/v projections (Qwen2).
       qk_norm: RMSNorm over head_dim on queries and keys before RoPE (Qwen3).
@@ -53,7 +54,7 @@ class ModelConfig:
     mlp_dim: int
     head_dim: int | None = None
     rope_theta: float = 10000.0
-    rope_scaling: dict[str, float] | None = None
+    rope_scaling: Any = None
     norm_eps: float = 1e-5
     qkv_bias: bool = False
     qk_norm: bool = False
@@ -70,7 +71,9 @@ class ModelConfig:
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.dim // self.num_heads)
         if self.rope_scaling is not None:
-            object.__setattr__(self, "rope_scaling", dict(self.rope_scaling))
+            # Stored as sorted (key, value) pairs so the config stays hashable
+            # (it is a static argument of jitted functions).
+            object.__setattr__(self, "rope_scaling", tuple(sorted(dict(self.rope_scaling).items())))
         problems = []
         if self.num_heads % self.num_kv_heads:
             problems.append(

@@ -54,7 +54,9 @@ class Transformer(nnx.Module):
 
         def param(shape, names, init_std=None, ones=False):
             value = jnp.ones(shape, jnp.dtype(pd)) if ones else _normal(rngs, shape, init_std, pd)
-            return nnx.Param(value, out_sharding=names)
+            # Sharding is applied by the jitted init's out_shardings, not eagerly,
+            # so the module can be built with or without a mesh in context.
+            return nnx.Param(value, out_sharding=names, eager_sharding=False)
 
         self.embed = param((cfg.vocab_size, d), ("vocab", "embed"), std)
         layers = {
@@ -137,9 +139,9 @@ def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
     """Inverse frequencies [Dh/2], with Llama-3 scaling when configured."""
     dh = cfg.head_dim
     inv = 1.0 / (cfg.rope_theta ** (np.arange(0, dh, 2, dtype=np.float64) / dh))
-    s = cfg.rope_scaling
-    if s is None:
+    if cfg.rope_scaling is None:
         return inv.astype(np.float32)
+    s = dict(cfg.rope_scaling)
     factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
     old_len = s["original_max_position_embeddings"]
     wavelen = 2 * np.pi / inv

@@ -1,0 +1,274 @@
+"""grain pipelines from a data source to numpy batches, exactly resumable.
+
+Every process builds the same global stream of examples: each epoch is a new
+permutation of the source drawn from (seed, epoch), epochs follow each other
+endlessly, and global batch s is stream rows [s*B, (s+1)*B). Process p of P
+yields rows [p*b, (p+1)*b) of each global batch (b = B / P) and tokenizes only
+those, so the P process batches concatenate to the 1-process batch. A batch is
+a pure function of (seed, step): resuming after a crash is `start_step=step`.
+
+Rows follow one convention: position t of `tokens` is a training target
+predicted from tokens < t, so a loss mask is 1 exactly on the response and its
+EOS, never on BOS, the prompt or padding.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+# The datasets are small and rows cheap: a little read-ahead overlaps the next
+# batch with the train step without holding many batches in memory.
+_READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
+Batch = dict[str, np.ndarray]
+
+
+def _text(value: Any) -> str:
+    """tfds stores Text features as bytes; in-memory sources may hold str."""
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _check_source(source: Sequence, fields: tuple[str, ...], caller: str) -> None:
+    if len(source) == 0:
+        raise ValueError(f"{caller}: the source {source!r:.200} is empty.")
+    missing = [f for f in fields if f not in source[0]]
+    if missing:
+        raise ValueError(
+            f"{caller} needs examples with fields {list(fields)}, but {source!r:.200} has "
+            f"{sorted(source[0])} (missing {missing}); sft and prompt batches take an "
+            "sft dataset (arithmetic or jsonl kind 'sft'), preference batches a "
+            "'preference' one."
+        )
+
+
+def _stack(rows: Sequence[dict[str, Any]]) -> Batch:
+    """Stacks row dicts; str leaves become an object array of python str."""
+    return {
+        k: np.array([r[k] for r in rows], dtype=object)
+        if isinstance(rows[0][k], str)
+        else np.stack([r[k] for r in rows])
+        for k in rows[0]
+    }
+
+
+def _batches(
+    source: Sequence,
+    row_fn: Callable[[int, dict], dict],
+    *,
+    batch_size: int,
+    seed: int,
+    start_step: int,
+    process_index: int,
+    process_count: int,
+) -> Iterator[Batch]:
+    """This process's slice of every global batch from `start_step` on."""
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(
+            f"need 0 <= process_index < process_count, got {process_index}, {process_count}."
+        )
+    if batch_size < 1 or batch_size % process_count:
+        raise ValueError(
+            f"the global batch_size {batch_size} must be a positive multiple of "
+            f"process_count={process_count}; change the config's batch size."
+        )
+    if start_step < 0 or not 0 <= seed < 2**32:
+        raise ValueError(f"need start_step >= 0 and 0 <= seed < 2**32, got {start_step}, {seed}.")
+    b = batch_size // process_count
+    # grain seeds epoch e with (its seed + e); scrambling `seed` first keeps runs
+    # with seeds s and s+1 from sharing permutations one epoch apart.
+    grain_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+    rows = grain.MapDataset.range(len(source)).shuffle(seed=grain_seed).repeat()
+    rows = rows.map(lambda i: row_fn(int(i), source[int(i)]))
+    # Sub-batch k holds stream rows [k*b, (k+1)*b); global step s is sub-batches
+    # s*P .. s*P + P - 1, and only the accessed ones are ever read and tokenized.
+    # (drop_remainder only keeps grain's length of the endless stream an int.)
+    local = rows.batch(b, drop_remainder=True, batch_fn=_stack)[
+        start_step * process_count + process_index :: process_count
+    ]
+    return iter(local.to_iter_dataset(_READ_OPTIONS))
+
+
+def _bos(tokenizer) -> list[int]:
+    return [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+
+
+def _target_row(
+    tokenizer, index: int, prompt: str, response: str, max_len: int, truncate: bool, name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """[BOS] + prompt + response + [EOS], right-padded, and its loss mask."""
+    context = _bos(tokenizer) + tokenizer.encode(prompt)
+    row = context + tokenizer.encode(response) + [tokenizer.eos_id]
+    if len(row) > max_len and not truncate:
+        raise ValueError(
+            f"example {index}: [BOS] + prompt + {name} + [EOS] is {len(row)} tokens, more "
+            f"than max_len={max_len}; raise data.max_len or pass truncate=True (which cuts "
+            "the end of the row, EOS included)."
+        )
+    row = row[:max_len]
+    tokens_T = np.full(max_len, tokenizer.pad_id, dtype=np.int32)
+    tokens_T[: len(row)] = row
+    mask_T = np.zeros(max_len, dtype=np.int32)
+    mask_T[len(context) : len(row)] = 1
+    return tokens_T, mask_T
+
+
+def _sft_row(tokenizer, max_len, truncate, index, ex):
+    tokens_T, mask_T = _target_row(
+        tokenizer, index, _text(ex["prompt"]), _text(ex["response"]), max_len, truncate, "response"
+    )
+    return {"tokens": tokens_T, "loss_mask": mask_T}
+
+
+def _preference_row(tokenizer, max_len, truncate, index, ex):
+    prompt = _text(ex["prompt"])
+    out = {}
+    for side in ("chosen", "rejected"):
+        out[side], out[f"{side}_mask"] = _target_row(
+            tokenizer, index, prompt, _text(ex[side]), max_len, truncate, side
+        )
+    return out
+
+
+def _prompt_row(tokenizer, max_prompt_len, truncate, index, ex):
+    bos = _bos(tokenizer)
+    row = bos + tokenizer.encode(_text(ex["prompt"]))
+    if len(row) > max_prompt_len:
+        if not truncate:
+            raise ValueError(
+                f"example {index}: [BOS] + prompt is {len(row)} tokens, more than "
+                f"max_prompt_len={max_prompt_len}; raise data.max_prompt_len or pass "
+                "truncate=True (which keeps BOS and the end of the prompt)."
+            )
+        row = bos + row[len(row) - max_prompt_len + len(bos) :]
+    prompt_P = np.full(max_prompt_len, tokenizer.pad_id, dtype=np.int32)
+    mask_P = np.zeros(max_prompt_len, dtype=np.int32)
+    prompt_P[max_prompt_len - len(row) :] = row
+    mask_P[max_prompt_len - len(row) :] = 1
+    return {"prompt": prompt_P, "prompt_mask": mask_P, "answer": _text(ex.get("answer", ""))}
+
+
+def sft_batches(
+    source: Sequence,
+    tokenizer,
+    *,
+    batch_size: int,
+    max_len: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    truncate: bool = False,
+) -> Iterator[Batch]:
+    """Endless supervised batches of prompt + response rows.
+
+    Args:
+        source: random-access examples with "prompt" and "response" (e.g. `load_source`).
+        tokenizer: a `rl_lm.models.tokenizer.Tokenizer`.
+        batch_size: the global batch B (a multiple of process_count).
+        max_len: row length T.
+        seed: shuffling seed; batches are a pure function of (seed, step).
+        start_step: first global step to yield (exact resume).
+        process_index: this process p.
+        process_count: number of processes P.
+        truncate: cut rows longer than max_len instead of raising.
+
+    Returns:
+        An iterator of {"tokens": int32 [B/P, T], "loss_mask": int32 [B/P, T]}; a row
+        is [BOS] + prompt + response + [EOS] right-padded with pad_id, loss_mask is 1
+        on the response and EOS.
+    """
+    _check_source(source, ("prompt", "response"), "sft_batches")
+    row_fn = functools.partial(_sft_row, tokenizer, max_len, truncate)
+    return _batches(
+        source,
+        row_fn,
+        batch_size=batch_size,
+        seed=seed,
+        start_step=start_step,
+        process_index=process_index,
+        process_count=process_count,
+    )
+
+
+def preference_batches(
+    source: Sequence,
+    tokenizer,
+    *,
+    batch_size: int,
+    max_len: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    truncate: bool = False,
+) -> Iterator[Batch]:
+    """Endless preference batches: chosen and rejected rows built like `sft_batches`.
+
+    Args: as `sft_batches`, with a source of "prompt", "chosen", "rejected" examples.
+
+    Returns:
+        An iterator of {"chosen", "chosen_mask", "rejected", "rejected_mask"}, each
+        int32 [B/P, T]; each mask is 1 on its response and EOS.
+    """
+    _check_source(source, ("prompt", "chosen", "rejected"), "preference_batches")
+    row_fn = functools.partial(_preference_row, tokenizer, max_len, truncate)
+    return _batches(
+        source,
+        row_fn,
+        batch_size=batch_size,
+        seed=seed,
+        start_step=start_step,
+        process_index=process_index,
+        process_count=process_count,
+    )
+
+
+def prompt_batches(
+    source: Sequence,
+    tokenizer,
+    *,
+    batch_size: int,
+    max_prompt_len: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    truncate: bool = False,
+) -> Iterator[Batch]:
+    """Endless batches of left-padded prompts for sampling, with their answers.
+
+    Args: as `sft_batches`, with `max_prompt_len` (P) for max_len; the source needs
+        "prompt" and may have "answer" ("" where absent).
+
+    Returns:
+        An iterator of {"prompt": int32 [B/P, P] ([BOS] + prompt, left-padded),
+        "prompt_mask": int32 [B/P, P], "answer": object array [B/P] of python str}.
+    """
+    _check_source(source, ("prompt",), "prompt_batches")
+    row_fn = functools.partial(_prompt_row, tokenizer, max_prompt_len, truncate)
+    return _batches(
+        source,
+        row_fn,
+        batch_size=batch_size,
+        seed=seed,
+        start_step=start_step,
+        process_index=process_index,
+        process_count=process_count,
+    )
+
+
+def eval_examples(source: Sequence, n: int | None = None) -> list[dict[str, str]]:
+    """The first n examples (all when None) in stored order, as dicts of python str.
+
+    Stored order is fixed (tfds shuffling is disabled for the local builders), so
+    this is a fixed held-out set.
+    """
+    if n is None:
+        n = len(source)
+    if not 0 <= n <= len(source):
+        raise ValueError(f"eval_examples: asked for {n} examples, the source has {len(source)}.")
+    return [{k: _text(v) for k, v in source[i].items()} for i in range(n)]

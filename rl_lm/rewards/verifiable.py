@@ -1,0 +1,98 @@
+"""Verifiable rewards: answer extraction, exact match, format checks.
+
+Every reward function maps (responses, answers) -> float32 [N], one value per
+response, so rewards compose as weighted sums over a batch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+RewardFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]
+
+_NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?")
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+def normalize(answer: str) -> str:
+    """Canonical form of an answer: no spaces or thousands commas, no leading '+'."""
+    s = answer.strip().replace(",", "").replace(" ", "")
+    s = s.removeprefix("+")
+    if re.fullmatch(r"-?\d+\.0*", s):
+        s = s.split(".")[0]
+    if s in ("-0", ""):
+        return s.removeprefix("-")
+    return s
+
+
+def extract_answer(text: str) -> str:
+    """The final answer of a response.
+
+    Looks, in order, for a GSM8K-style "#### answer" marker, a LaTeX
+    \\boxed{answer}, then the last number in the text. Returns "" when there is
+    none.
+    """
+    if "####" in text:
+        return normalize(text.rsplit("####", 1)[1].split("\n")[0])
+    boxed = _BOXED.findall(text)
+    if boxed:
+        return normalize(boxed[-1])
+    numbers = _NUMBER.findall(text)
+    return normalize(numbers[-1]) if numbers else ""
+
+
+def exact_match(responses: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+    """1.0 where the extracted final answer equals the reference answer."""
+    _check_lengths(responses, answers)
+    return np.array(
+        [
+            float(extract_answer(r) == normalize(a) and normalize(a) != "")
+            for r, a in zip(responses, answers, strict=True)
+        ],
+        np.float32,
+    )
+
+
+def format_reward(pattern: str = r"-?\d+") -> RewardFn:
+    """1.0 where the whole stripped response matches `pattern` (regex)."""
+    compiled = re.compile(pattern)
+
+    def fn(responses: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        _check_lengths(responses, answers)
+        return np.array([float(bool(compiled.fullmatch(r.strip()))) for r in responses], np.float32)
+
+    return fn
+
+
+REWARDS: dict[str, Callable[[], RewardFn]] = {
+    "exact_match": lambda: exact_match,
+    "format": format_reward,
+}
+
+
+def combine(weights: dict[str, float]) -> RewardFn:
+    """A weighted sum of named rewards, e.g. {"exact_match": 1.0, "format": 0.1}.
+
+    Raises:
+      ValueError: naming an unknown reward and the known ones.
+    """
+    unknown = sorted(set(weights) - set(REWARDS))
+    if unknown:
+        raise ValueError(f"Unknown reward(s) {unknown}; known rewards: {sorted(REWARDS)}.")
+    fns = [(REWARDS[name](), w) for name, w in weights.items()]
+
+    def fn(responses: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        total = np.zeros(len(responses), np.float32)
+        for f, w in fns:
+            total += np.float32(w) * f(responses, answers)
+        return total
+
+    return fn
+
+
+def _check_lengths(responses: Sequence[str], answers: Sequence[str]) -> None:
+    if len(responses) != len(answers):
+        raise ValueError(f"Got {len(responses)} responses but {len(answers)} answers.")
