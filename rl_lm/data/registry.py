@@ -1,4 +1,5 @@
-"""Dataset names and loading: "arithmetic/<config>" and "jsonl/<name>"."""
+"""Dataset names and loading: "arithmetic/<config>", "jsonl/<name>", "sort_pref/<config>"
+and "rps_pref/<config>"."""
 
 from __future__ import annotations
 
@@ -7,18 +8,20 @@ import os
 import tensorflow_datasets as tfds
 from absl import logging
 
-from rl_lm.data import arithmetic, jsonl, storage
+from rl_lm.data import arithmetic, jsonl, preference_tasks, storage
 
-TASKS = ("arithmetic", "jsonl")
+TASKS = ("arithmetic", "jsonl", *preference_tasks.TASKS)
 
 
 def dataset_name(task: str, **fields) -> str:
     """Maps an experiment config's data fields to a dataset name.
 
     Args:
-        task: "arithmetic" or "jsonl".
+        task: "arithmetic", "jsonl", "sort_pref" or "rps_pref".
         **fields: for "arithmetic", difficulty fields of `ArithmeticConfig` (missing
-            ones take the "add2" defaults) or `config="mix3"`; for "jsonl", `name=`.
+            ones take the "add2" defaults) or `config="mix3"`; for "jsonl", `name=`;
+            for "sort_pref" / "rps_pref", `kind=` and config fields (see
+            `preference_tasks.task_config`).
 
     Returns:
         A name for `load_source`, e.g. "arithmetic/add3" or "jsonl/my_prefs".
@@ -34,6 +37,8 @@ def dataset_name(task: str, **fields) -> str:
         if set(fields) != {"name"}:
             raise ValueError(f"task 'jsonl' takes exactly name=..., got {sorted(fields)}.")
         return f"jsonl/{fields['name']}"
+    if task in preference_tasks.TASKS:
+        return preference_tasks.dataset_name(task, **fields)
     raise ValueError(f"unknown data task {task!r}; known: {', '.join(TASKS)}.")
 
 
@@ -45,25 +50,27 @@ def load_source(
 ):
     """The tfds data source (random access, len) of one split of a dataset.
 
-    Arithmetic datasets are generated on first use (deterministic, seconds); JSONL
-    datasets must have been prepared with `prepare_jsonl`.
+    Arithmetic and synthetic preference datasets are generated on first use
+    (deterministic, seconds); JSONL datasets must have been prepared with `prepare_jsonl`.
 
     Args:
-        name: "arithmetic" (= "arithmetic/add2"), "arithmetic/<config>" or
-            "jsonl/<name>".
+        name: "arithmetic" (= "arithmetic/add2"), "arithmetic/<config>",
+            "jsonl/<name>", "sort_pref/<config>" or "rps_pref/<config>".
         split: "train" or "test".
         data_dir: where datasets live; None for `storage.default_data_dir()`.
-        prepare: generate a missing arithmetic dataset (else raise).
+        prepare: generate a missing arithmetic or preference dataset (else raise).
 
     Returns:
         A tfds `ArrayRecordDataSource`; examples are dicts of bytes.
     """
     root = storage.resolve_data_dir(data_dir)
     family, _, config = name.partition("/")
-    if family == "arithmetic":
-        builder = arithmetic.arithmetic_builder(
-            root, config=config or arithmetic.Arithmetic.DEFAULT_CONFIG_NAME
-        )
+    if family == "arithmetic" or family in preference_tasks.TASKS:
+        if family == "arithmetic":
+            config = config or arithmetic.Arithmetic.DEFAULT_CONFIG_NAME
+            builder = arithmetic.arithmetic_builder(root, config=config)
+        else:
+            builder = preference_tasks.task_builder(family, config, root)
         if not storage.is_prepared(builder):
             if not prepare:
                 raise ValueError(
@@ -85,7 +92,8 @@ def load_source(
         raise ValueError(
             f"unknown dataset {name!r}: expected 'arithmetic/<config>' (presets "
             f"{', '.join(arithmetic.PRESETS)}; any difficulty via dataset_name('arithmetic', "
-            "max_digits=..., num_operands=..., ops=...)) or 'jsonl/<name>'. If "
+            "max_digits=..., num_operands=..., ops=...)), 'sort_pref/<config>', "
+            "'rps_pref/<config>' or 'jsonl/<name>'. If "
             f"{family!r} is your own JSONL data, {jsonl.how_to_prepare(family, root)[:-1]}, "
             f"then load it as 'jsonl/{family}'."
         )
