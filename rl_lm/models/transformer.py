@@ -248,6 +248,9 @@ def forward(
     mask = jnp.ones((n, t), jnp.bool_) if mask_NxT is None else mask_NxT.astype(jnp.bool_)
     if positions_NxT is None:
         positions_NxT = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+        if cache is not None:  # Real tokens already in the cache come first.
+            before = jnp.arange(cache["mask"].shape[1]) < slot
+            positions_NxT = positions_NxT + jnp.sum(cache["mask"] & before, axis=1)[:, None]
     inv_freq = rope_frequencies(cfg)
     x = jnp.take(params["embed"], tokens_NxT, axis=0).astype(dtype)
     layers = params["layers"]

@@ -68,10 +68,8 @@ def test_kv_cache_decode_equals_full_forward(name):
     hidden, cache = tf.forward(params, tokens[:, :7], cfg, cache=cache, slot=0)
     outs = [tf.logits(params, hidden, cfg)]
     for t in range(7, 12):
-        pos = jnp.full((3, 1), t)
-        hidden, cache = tf.forward(
-            params, tokens[:, t : t + 1], cfg, cache=cache, slot=t, positions_NxT=pos
-        )
+        # Positions are derived from the cache's valid slots when not given.
+        hidden, cache = tf.forward(params, tokens[:, t : t + 1], cfg, cache=cache, slot=t)
         outs.append(tf.logits(params, hidden, cfg))
     np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=2e-5)
 

@@ -1,0 +1,94 @@
+"""Held-out exact-match accuracy with greedy decoding, shared by all algorithms."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from absl import logging
+from jax.sharding import Mesh
+
+from rl_lm import parallel
+from rl_lm.data import prompt_batches
+from rl_lm.models.config import ModelConfig
+from rl_lm.rewards.verifiable import exact_match
+from rl_lm.sampling.sampler import make_sampler
+
+
+def make_exact_match_eval(
+    mesh: Mesh,
+    model_cfg: ModelConfig,
+    tokenizer: Any,
+    source: Any,
+    *,
+    num_examples: int,
+    batch_size: int,
+    max_prompt_len: int,
+    max_new_tokens: int,
+    seed: int = 0,
+) -> Callable[[Any], dict[str, float]]:
+    """Builds params -> {"accuracy", "num_examples"} on a fixed held-out set.
+
+    The set is the first `num_examples` rows of the `seed` shuffle of `source`
+    (the same on every process and every call). Every process builds the whole
+    set, feeds its own rows to the devices and decodes the gathered completions,
+    so all processes return the same figures.
+
+    Args:
+      mesh: the mesh the params live on.
+      model_cfg: the model config.
+      tokenizer: the tokenizer the model was trained with.
+      source: a held-out data source with "prompt" and "answer" fields.
+      num_examples: size of the held-out set (at most len(source)).
+      batch_size: prompts per sampler call (a multiple of the mesh's batch shards).
+      max_prompt_len: prompt length P ([BOS] + prompt, left-padded).
+      max_new_tokens: greedy decode steps at most.
+      seed: which fixed subset of the source to use.
+    """
+    if not 0 < num_examples <= len(source):
+        raise ValueError(
+            f"eval.num_examples={num_examples} must be in [1, {len(source)}] (the held-out "
+            "split's size)."
+        )
+    batch_size = min(batch_size, num_examples)
+    if batch_size % parallel.batch_divisor(mesh):
+        raise ValueError(
+            f"eval.batch_size={batch_size} must be a multiple of the mesh's "
+            f"{parallel.batch_divisor(mesh)} batch shards."
+        )
+    num_batches = math.ceil(num_examples / batch_size)
+    stream = prompt_batches(
+        source, tokenizer, batch_size=batch_size, max_prompt_len=max_prompt_len, seed=seed
+    )
+    batches = list(itertools.islice(stream, num_batches))
+    sampler = make_sampler(
+        model_cfg,
+        max_new_tokens=max_new_tokens,
+        temperature=0.0,
+        eos_ids=tuple(tokenizer.eos_ids),
+        pad_id=tokenizer.pad_id,
+    )
+    rng = jax.random.PRNGKey(0)  # Unused by greedy decoding.
+
+    def evaluate(params) -> dict[str, float]:
+        correct, seen, shown = 0.0, 0, []
+        for batch in batches:
+            start, stop = parallel.process_rows(mesh, batch_size)
+            local = {k: batch[k][start:stop] for k in ("prompt", "prompt_mask")}
+            arrays = parallel.shard_batch(local, mesh, batch_size)
+            out = sampler(params, arrays["prompt"], arrays["prompt_mask"], rng)
+            texts = tokenizer.decode_batch(parallel.to_host(out.tokens), parallel.to_host(out.mask))
+            take = min(batch_size, num_examples - seen)
+            correct += float(exact_match(texts[:take], list(batch["answer"][:take])).sum())
+            seen += take
+            if not shown:
+                prompts = tokenizer.decode_batch(batch["prompt"], batch["prompt_mask"])
+                shown = list(zip(prompts, texts, batch["answer"], strict=True))[:3]
+        for prompt, text, answer in shown:
+            logging.info("eval sample: %r -> %r (answer %r)", prompt, text, answer)
+        return {"accuracy": correct / seen, "num_examples": float(seen)}
+
+    return evaluate

@@ -1,0 +1,292 @@
+"""GRPO and its variants (Dr.GRPO, DAPO, RLOO, GSPO): the on-policy loop.
+
+One step: sample G completions of each of B prompts with the KV-cache sampler,
+score them with verifiable rewards, turn rewards into group advantages, take
+reference (and, for several updates per rollout, old-policy) log-probs, then
+run num_epochs x num_minibatches jitted optimizer steps on the rollout with
+lp_old fixed. The loss itself is `rl_lm.algos.grpo_loss.loss_fn`.
+
+Host-side work (decoding, rewards, advantages, DAPO's group filter) runs on
+the global batch, identically on every process, so multi-host runs need no
+string gathering: every process reads the same global prompt batch and feeds
+its own rows to its devices.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from rl_lm import parallel
+from rl_lm.algos import common, evaluation, grpo_loss
+from rl_lm.core import advantages
+from rl_lm.data import load_source, prompt_batches
+from rl_lm.models.tokenizer import check_vocab, load_tokenizer
+from rl_lm.models.transformer import Params, init_params, partition_specs
+from rl_lm.rewards import verifiable
+from rl_lm.sampling.logprobs import response_logprobs
+from rl_lm.sampling.sampler import make_sampler
+
+_ROLLOUT_KEYS = ("prompt", "prompt_mask", "response", "mask")
+
+
+def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> common.Trainer:
+    """The GRPO trainer of `config` (fields: see configs/grpo_arith.py).
+
+    Args:
+      config: the experiment config; its `grpo` section is `grpo_loss.default_config()`.
+      mesh: the device mesh.
+      init_from: starting policy parameters (e.g. the SFT warm start); also the
+        reference. None initializes from scratch.
+    """
+    cfg, data, train = config.grpo, config.data, config.train
+    grpo_loss.validate(cfg)
+    model_cfg = common.model_config(config.model)
+    tokenizer = load_tokenizer(config.tokenizer)
+    check_vocab(tokenizer, model_cfg.vocab_size)
+    g, b = cfg.num_generations, data.batch_size
+    n = b * g
+    updates_per_rollout = cfg.num_epochs * cfg.num_minibatches
+    common.check_batch_size(
+        n // cfg.num_minibatches, mesh, cfg.num_microbatches, "data.batch_size*grpo.num_generations"
+    )
+    common.check_batch_size(b, mesh, 1, "data.batch_size")
+    if data.max_prompt_len + cfg.max_new_tokens > model_cfg.max_seq_len:
+        raise ValueError(
+            f"data.max_prompt_len={data.max_prompt_len} + grpo.max_new_tokens="
+            f"{cfg.max_new_tokens} exceeds model.max_seq_len={model_cfg.max_seq_len}; "
+            "shorten one of them or raise model.max_seq_len."
+        )
+    train_source = load_source(data.name, "train", data_dir=data.data_dir)
+    test_source = load_source(data.name, "test", data_dir=data.data_dir)
+    reward_fn = verifiable.combine(dict(cfg.rewards))
+    use_ref = cfg.beta > 0 and cfg.kl_placement != "none"
+
+    num_updates = train.num_steps * updates_per_rollout
+    optimizer = common.make_optimizer(config.optim, num_updates)
+    param_specs = partition_specs(model_cfg, config.rules)
+
+    def init_fn(rng):
+        params = init_from if init_from is not None else init_params(model_cfg, rng)
+        extras = {"ref_params": params} if use_ref else {}
+        return common.new_state(params, optimizer, rng, **extras)
+
+    param_keys = ("params", "ref_params")
+    init_state, abstract_state, shardings = common.sharded_init(
+        mesh, init_fn, lambda a: common.state_specs(a, param_specs, optimizer, param_keys)
+    )
+    loss = functools.partial(grpo_loss.loss_fn, model_cfg=model_cfg, cfg=cfg)
+    schedule = common.learning_rate_schedule(config.optim, num_updates)
+    update = common.jit_step(
+        common.make_update(loss, optimizer, cfg.num_microbatches, schedule), mesh, shardings
+    )
+    sampler = make_sampler(
+        model_cfg,
+        max_new_tokens=cfg.max_new_tokens,
+        num_samples=g,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        eos_ids=tuple(tokenizer.eos_ids),
+        pad_id=tokenizer.pad_id,
+    )
+    lp_temperature = cfg.temperature if cfg.temperature > 0 else 1.0
+
+    def lp_fn(params, prompt, prompt_mask, response, mask):
+        return response_logprobs(
+            params,
+            model_cfg,
+            prompt,
+            prompt_mask,
+            response,
+            mask,
+            chunk_size=cfg.logprob_chunk,
+            temperature=lp_temperature,
+        )
+
+    logprobs = jax.jit(lp_fn, out_shardings=parallel.batch_sharding(mesh))
+
+    def global_prompts(seed_offset: int, start_step: int):
+        return prompt_batches(
+            train_source,
+            tokenizer,
+            batch_size=b,
+            max_prompt_len=data.max_prompt_len,
+            seed=config.seed + seed_offset,
+            start_step=start_step,
+        )
+
+    def batches(start_step: int):
+        # Every process reads the whole global batch (cheap: prompts only).
+        return global_prompts(0, start_step)
+
+    def rollout(params, prompts, key):
+        """Samples and scores one global prompt batch; all on the host but sampling."""
+        lo, hi = parallel.process_rows(mesh, b)
+        local = {k: prompts[k][lo:hi] for k in ("prompt", "prompt_mask")}
+        arrays = parallel.shard_batch(local, mesh, b)
+        out = sampler(params, arrays["prompt"], arrays["prompt_mask"], key)
+        host = {
+            "prompt": parallel.to_host(out.prompt),
+            "prompt_mask": parallel.to_host(out.prompt_mask),
+            "response": parallel.to_host(out.tokens),
+            "mask": parallel.to_host(out.mask),
+            "lp_sample": parallel.to_host(out.logprobs),
+        }
+        texts = tokenizer.decode_batch(host["response"], host["mask"])
+        answers = np.repeat(np.asarray(prompts["answer"], dtype=object), g)
+        host["correct"] = verifiable.exact_match(texts, list(answers))
+        host["reward"] = reward_fn(texts, list(answers)) + grpo_loss.overlong_penalty(
+            host["mask"].sum(1), cfg.max_new_tokens, cfg.overlong_cache
+        )
+        return host
+
+    def collect(state, prompts, rollout_index):
+        """One rollout, refilled with fresh prompts under DAPO dynamic sampling."""
+        key = jax.random.fold_in(jax.random.key(config.seed), rollout_index)
+        host = rollout(state["params"], prompts, jax.random.fold_in(key, 0))
+        stats = {"reward": host["reward"].mean(), "correct": host["correct"].mean()}
+        if not cfg.dynamic_sampling:
+            return host, stats
+        keep = grpo_loss.group_has_spread(host["reward"].reshape(b, g))
+        groups = [_take_groups(host, keep, g)]
+        for attempt in range(1, cfg.max_refills + 1):
+            if sum(len(x["reward"]) for x in groups) >= n:
+                break
+            extra_prompts = next(global_prompts(attempt, rollout_index))
+            extra = rollout(state["params"], extra_prompts, jax.random.fold_in(key, attempt))
+            groups.append(
+                _take_groups(extra, grpo_loss.group_has_spread(extra["reward"].reshape(b, g)), g)
+            )
+        merged = {k: np.concatenate([x[k] for x in groups])[:n] for k in groups[0]}
+        filled = len(merged["reward"])
+        stats["kept_groups"] = filled / g
+        if filled < n:  # Not enough informative groups: pad with zero-weight rows.
+            merged = {k: _pad_rows(v, n) for k, v in merged.items()}
+        return merged, stats
+
+    def step(state, prompts):
+        t0 = time.perf_counter()
+        rollout_index = int(state["step"]) // updates_per_rollout
+        host, stats = collect(state, prompts, rollout_index)
+        t1 = time.perf_counter()
+        lo, hi = parallel.process_rows(mesh, n)
+        arrays = parallel.shard_batch({k: host[k][lo:hi] for k in _ROLLOUT_KEYS}, mesh, n)
+        ref_lp = None
+        if use_ref:
+            ref_lp = logprobs(
+                state["ref_params"],
+                arrays["prompt"],
+                arrays["prompt_mask"],
+                arrays["response"],
+                arrays["mask"],
+            )
+        rewards = host["reward"].astype(np.float32)
+        metrics = {}
+        if use_ref and cfg.kl_placement == "reward":
+            seq_kl = parallel.to_host(
+                grpo_loss.sequence_kl(
+                    parallel.shard_batch({"lp": host["lp_sample"][lo:hi]}, mesh, n)["lp"],
+                    ref_lp,
+                    arrays["mask"],
+                )
+            )
+            rewards = rewards - cfg.beta * seq_kl
+            metrics["seq_kl"] = float(seq_kl.mean())
+        adv = np.asarray(
+            advantages.group_advantages(
+                jnp.asarray(rewards.reshape(-1, g)), cfg.advantage, cfg.adv_eps
+            )
+        ).reshape(-1)
+        adv = adv * (host["mask"].sum(1) > 0)
+        arrays["adv"] = parallel.shard_batch({"adv": adv[lo:hi].astype(np.float32)}, mesh, n)["adv"]
+        if use_ref:
+            arrays["lp_ref"] = ref_lp
+        if updates_per_rollout > 1:
+            arrays["lp_old"] = logprobs(
+                state["params"],
+                arrays["prompt"],
+                arrays["prompt_mask"],
+                arrays["response"],
+                arrays["mask"],
+            )
+        jax.block_until_ready(arrays)
+        t2 = time.perf_counter()
+        for epoch in range(cfg.num_epochs):
+            order = _permutation(config.seed, rollout_index, epoch, n, cfg.num_minibatches)
+            for mb in np.array_split(order, cfg.num_minibatches):
+                state, update_metrics = update(state, _gather_rows(arrays, mb, mesh))
+        update_metrics = common.host_scalars(update_metrics)
+        t3 = time.perf_counter()
+        metrics.update(update_metrics)
+        metrics.update(
+            reward=float(stats["reward"]),
+            train_accuracy=float(stats["correct"]),
+            response_len=float(host["mask"].sum(1).mean()),
+            time_rollout=t1 - t0,
+            time_reference=t2 - t1,
+            time_update=t3 - t2,
+            tokens=float(host["mask"].sum()),
+        )
+        if "kept_groups" in stats:
+            metrics["kept_groups"] = float(stats["kept_groups"])
+        return state, metrics
+
+    heldout = evaluation.make_exact_match_eval(
+        mesh,
+        model_cfg,
+        tokenizer,
+        test_source,
+        num_examples=config.eval.num_examples,
+        batch_size=config.eval.batch_size,
+        max_prompt_len=data.max_prompt_len,
+        max_new_tokens=config.eval.max_new_tokens,
+        seed=config.eval.seed,
+    )
+    return common.Trainer(
+        mesh=mesh,
+        init_state=init_state,
+        abstract_state=abstract_state,
+        state_shardings=shardings,
+        batches=batches,
+        step=step,
+        evaluate=lambda state: heldout(state["params"]),
+    )
+
+
+def _take_groups(host: dict[str, np.ndarray], keep_B: np.ndarray, g: int) -> dict[str, np.ndarray]:
+    rows = np.repeat(keep_B, g)
+    return {k: v[rows] for k, v in host.items()}
+
+
+def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
+    """Pads with zero rows (an empty response mask: no loss, no denominator)."""
+    pad = np.zeros((n - len(x), *x.shape[1:]), x.dtype)
+    return np.concatenate([x, pad])
+
+
+def _permutation(seed: int, rollout_index: int, epoch: int, n: int, minibatches: int):
+    if minibatches == 1:
+        return np.arange(n)
+    rng = np.random.default_rng([seed, rollout_index, epoch])
+    return rng.permutation(n)
+
+
+def _gather_rows(arrays: dict[str, jax.Array], rows: np.ndarray, mesh: Mesh):
+    if len(rows) == next(iter(arrays.values())).shape[0]:
+        return arrays
+    return _gather_jit(mesh)(arrays, jnp.asarray(rows))
+
+
+@functools.lru_cache(maxsize=8)
+def _gather_jit(mesh: Mesh):
+    return jax.jit(
+        lambda tree, idx: jax.tree.map(lambda x: x[idx], tree),
+        out_shardings=parallel.batch_sharding(mesh),
+    )

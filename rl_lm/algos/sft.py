@@ -1,0 +1,118 @@
+"""Supervised fine-tuning: masked next-token loss on the responses.
+
+loss = -sum_{n,t} m[n,t] log p(x[n,t] | x[n,<t]) / sum_{n,t} m[n,t], where m is the
+batch's loss_mask (1 on response tokens and their EOS). The denominator counts
+the target tokens of the whole optimizer batch, so microbatching and sharding
+leave the gradient unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh
+
+from rl_lm import parallel
+from rl_lm.algos import common, evaluation
+from rl_lm.data import load_source, sft_batches
+from rl_lm.models.config import ModelConfig
+from rl_lm.models.tokenizer import check_vocab, load_tokenizer
+from rl_lm.models.transformer import Params, init_params, partition_specs
+from rl_lm.sampling.logprobs import token_logprobs
+
+
+def loss_fn(
+    params: Params, batch: dict[str, jax.Array], cfg: ModelConfig, *, chunk_size: int = 128
+) -> tuple[common.Ratio, dict[str, common.Ratio]]:
+    """Masked next-token negative log-likelihood as a (numerator, denominator) pair.
+
+    Args:
+      params: model parameters.
+      batch: "tokens" [N, T] and "loss_mask" [N, T] (1 where tokens[t] is a target
+        predicted from tokens[<t]).
+      cfg: the model config.
+      chunk_size: time chunk of the output projection (full [N, T, V] logits are
+        never formed).
+
+    Returns:
+      ((sum of target-token NLL, number of target tokens), metrics), where metrics
+      holds "target_tokens" per row as (count, rows).
+    """
+    logp_NxT = token_logprobs(params, cfg, batch["tokens"], chunk_size=chunk_size)
+    m_NxT = batch["loss_mask"].astype(jnp.float32)
+    num, den = -jnp.sum(logp_NxT * m_NxT), jnp.sum(m_NxT)
+    rows = jnp.asarray(m_NxT.shape[0], jnp.float32)
+    return (num, den), {"target_tokens": (den, rows)}
+
+
+def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> common.Trainer:
+    """The SFT trainer of `config` (see configs/sft_arith.py for the fields).
+
+    `init_from` (e.g. a Hugging Face checkpoint's params) replaces the random init.
+    """
+    cfg = common.model_config(config.model)
+    tokenizer = load_tokenizer(config.tokenizer)
+    check_vocab(tokenizer, cfg.vocab_size)
+    data, train = config.data, config.train
+    common.check_batch_size(data.batch_size, mesh, train.num_microbatches, "data.batch_size")
+    train_source = load_source(data.name, "train", data_dir=data.data_dir)
+    test_source = load_source(data.name, "test", data_dir=data.data_dir)
+
+    optimizer = common.make_optimizer(config.optim, train.num_steps)
+    param_specs = partition_specs(cfg, config.rules)
+
+    def init_fn(rng):
+        params = (
+            init_from if init_from is not None else init_params(cfg, jax.random.fold_in(rng, 0))
+        )
+        return common.new_state(params, optimizer, rng)
+
+    init_state, abstract_state, shardings = common.sharded_init(
+        mesh, init_fn, lambda a: common.state_specs(a, param_specs, optimizer)
+    )
+    loss = functools.partial(loss_fn, cfg=cfg, chunk_size=config.sft.chunk_size)
+    schedule = common.learning_rate_schedule(config.optim, train.num_steps)
+    update = common.jit_step(
+        common.make_update(loss, optimizer, train.num_microbatches, schedule), mesh, shardings
+    )
+
+    def batches(start_step: int):
+        return sft_batches(
+            train_source,
+            tokenizer,
+            batch_size=data.batch_size,
+            max_len=data.max_len,
+            seed=config.seed,
+            start_step=start_step,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+
+    def step(state, batch):
+        arrays = parallel.shard_batch(batch, mesh, data.batch_size)
+        state, metrics = update(state, arrays)
+        return state, {**metrics, "tokens": data.batch_size * data.max_len}
+
+    heldout = evaluation.make_exact_match_eval(
+        mesh,
+        cfg,
+        tokenizer,
+        test_source,
+        num_examples=config.eval.num_examples,
+        batch_size=config.eval.batch_size,
+        max_prompt_len=data.max_prompt_len,
+        max_new_tokens=config.eval.max_new_tokens,
+        seed=config.eval.seed,
+    )
+    return common.Trainer(
+        mesh=mesh,
+        init_state=init_state,
+        abstract_state=abstract_state,
+        state_shardings=shardings,
+        batches=batches,
+        step=step,
+        evaluate=lambda state: heldout(state["params"]),
+    )

@@ -1,0 +1,161 @@
+"""Orbax checkpoints of train states: async saves, keep-last-K, safe restore.
+
+A checkpoint directory holds one subdirectory per saved step. Orbax writes each
+step into a temporary directory and renames it when complete, so a save killed
+midway never looks like a checkpoint. A finished checkpoint whose files were
+later truncated or deleted fails to restore; `Checkpointer.restore_latest` then
+falls back to the previous step and moves the broken one aside (into
+`<directory>_corrupt/`), never deleting it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class Checkpointer:
+    """Saves and restores train-state pytrees under one directory.
+
+    Args:
+      directory: where step subdirectories live (created if missing).
+      keep: keep only the `keep` most recent steps.
+      async_save: write in a background thread (the device-to-host copy is
+        still taken before `save` returns, so the caller may donate the state).
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, keep: int, async_save: bool = True):
+        if keep < 1:
+            raise ValueError(f"train.keep={keep} must be >= 1.")
+        self.directory = Path(directory).absolute()
+        self._keep = keep
+        self._async = async_save
+        self._manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=self._keep,
+            enable_async_checkpointing=self._async,
+            cleanup_tmp_directories=True,
+            create=True,
+        )
+        return ocp.CheckpointManager(self.directory, options=options)
+
+    def steps(self) -> list[int]:
+        """The saved steps, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, *, wait: bool = False) -> None:
+        """Saves `state` as `step` (replacing nothing: each step is saved once)."""
+        if step in self._manager.all_steps():
+            return
+        self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        if wait:
+            self.wait()
+
+    def wait(self) -> None:
+        """Blocks until pending async saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def restore(self, step: int, abstract_state: Any) -> Any:
+        """Restores `step` into the layout of `abstract_state` (ShapeDtypeStructs
+        with shardings, e.g. `Trainer.abstract_state`)."""
+        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+    def restore_latest(self, abstract_state: Any) -> tuple[Any, int] | tuple[None, None]:
+        """The most recent checkpoint that restores, and its step.
+
+        A checkpoint that fails to restore is skipped with a warning; once an
+        older one restores, the failed newer ones are moved aside so the run can
+        save those steps again.
+
+        Returns:
+          (state, step), or (None, None) when there is no checkpoint.
+
+        Raises:
+          RuntimeError: when checkpoints exist but none restores (e.g. the model
+            config changed); nothing is moved then.
+        """
+        failures = []
+        for step in reversed(self.steps()):
+            try:
+                state = self.restore(step, abstract_state)
+            except Exception as e:  # noqa: BLE001 -- any read error means "unusable".
+                logging.warning(
+                    "Checkpoint step %d in %s does not restore (%s: %s); trying the previous one.",
+                    step,
+                    self.directory,
+                    type(e).__name__,
+                    str(e)[:500],
+                )
+                failures.append((step, e))
+                continue
+            self._move_aside([s for s, _ in failures])
+            return state, step
+        if failures:
+            details = "; ".join(
+                f"step {s}: {type(e).__name__}: {str(e)[:300]}" for s, e in failures
+            )
+            raise RuntimeError(
+                f"No checkpoint in {self.directory} restores into this run's state ({details}). "
+                "If the model or optimizer config changed, use a new workdir; if the files are "
+                "damaged, move the step directories away to start from scratch."
+            )
+        return None, None
+
+    def _move_aside(self, steps: list[int]) -> None:
+        if not steps:
+            return
+        self._manager.close()
+        if jax.process_index() == 0:
+            target_root = self.directory.with_name(self.directory.name + "_corrupt")
+            target_root.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                target = target_root / f"{step}.{int(time.time())}"
+                shutil.move(str(self.directory / str(step)), str(target))
+                logging.warning("Moved unreadable checkpoint step %d to %s.", step, target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("checkpoint_move_aside")
+        self._manager = self._open()
+
+
+def load_state(directory: str | os.PathLike, step: int | None = None) -> tuple[Any, int]:
+    """Reads a saved state onto one device, without knowing its config.
+
+    For notebooks and tests: containers come back as dicts/lists (optimizer
+    states lose their named-tuple types), arrays on `jax.devices()[0]`.
+
+    Args:
+      directory: a checkpoint directory (WORKDIR/checkpoints).
+      step: the step to read; the latest when None.
+
+    Returns:
+      (state, step).
+    """
+    with ocp.CheckpointManager(
+        Path(directory).absolute(),
+        options=ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False),
+        item_handlers=ocp.StandardCheckpointHandler(),
+    ) as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {directory}.")
+        metadata = manager.item_metadata(step)
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata
+        )
+        state = manager.restore(step, args=ocp.args.StandardRestore(target))
+    return state, step

@@ -1,0 +1,199 @@
+"""The generic training loop: any algorithm's Trainer, resumable and preemptible.
+
+`train(config, workdir)` builds the mesh and the Trainer of `config.algo`,
+restores the latest checkpoint of WORKDIR (or initializes), then runs steps
+until `config.train.num_steps`. Everything a resumed run needs is in the
+checkpoint (params, optimizer, step, rng) or derived from the step (the data
+position), so a run restarted after a crash continues exactly where its last
+checkpoint left it. SIGTERM makes the loop save at the next step boundary and
+return.
+
+WORKDIR layout: config.json, checkpoints/, metrics.jsonl, tb/, curves.png.
+"""
+
+from __future__ import annotations
+
+import json
+import logging as pylogging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from rl_lm import parallel
+from rl_lm.algos import common
+from rl_lm.train import registry, warm_start
+from rl_lm.train.checkpoint import Checkpointer
+from rl_lm.train.metrics import MetricsWriter, Progress, read_metrics
+from rl_lm.train.plotting import plot_curves
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+PLOT_FILE = "curves.png"
+
+
+def quiet_library_logs(packages: tuple[str, ...] = ("orbax",)) -> None:
+    """Drops the INFO logs of chatty libraries (orbax logs every file it writes).
+
+    They log through absl like us, so records are told apart by source file.
+    Their warnings and errors still show.
+    """
+    dirs = tuple(f"{os.sep}{p}{os.sep}" for p in packages)
+
+    def keep(record) -> bool:
+        return record.levelno >= pylogging.WARNING or not any(d in record.pathname for d in dirs)
+
+    logging.get_absl_handler().addFilter(keep)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def check_config(config: Any, workdir: Path) -> None:
+    """Saves the config as WORKDIR/config.json, or checks it equals the saved one.
+
+    Raises:
+      ValueError: naming the differing keys when WORKDIR holds another run's config.
+    """
+    current = json.loads(config.to_json_best_effort())
+    path = workdir / CONFIG_FILE
+    if path.exists():
+        saved = _flatten(json.loads(path.read_text()))
+        now = _flatten(current)
+        diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:10])
+            raise ValueError(
+                f"{workdir} holds a run with a different config ({shown}). Resuming it with "
+                "another config would mix two experiments: use a new --workdir, or delete "
+                f"{path} to accept the new config deliberately."
+            )
+    elif jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+
+
+class Preemption:
+    """Context manager turning SIGTERM into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self._flag = False
+        self._previous = None
+
+    def __enter__(self) -> Preemption:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        else:
+            logging.warning("Not on the main thread: SIGTERM will not save a checkpoint.")
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        del signum, frame
+        logging.warning("SIGTERM received: saving a checkpoint at the next step boundary.")
+        self._flag = True
+
+    def requested(self) -> bool:
+        """Whether any process was asked to stop (a collective when multi-process)."""
+        if jax.process_count() == 1:
+            return self._flag
+        flags = multihost_utils.process_allgather(np.int32(self._flag))
+        return bool(np.max(flags))
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and step % every == 0)
+
+
+def train(config: Any, workdir: str | Path) -> dict[str, Any]:
+    """Runs (or resumes) the experiment `config` in `workdir`.
+
+    Returns:
+      {"step": the last step reached, "preempted": bool, "eval/...": the latest
+      evaluation metrics (the final ones unless preempted)}.
+    """
+    workdir = Path(workdir).absolute()
+    is_main = jax.process_index() == 0
+    check_config(config, workdir)
+    mesh = parallel.make_mesh(config.mesh)
+    logging.info("mesh: %s", parallel.describe(mesh))
+    tc = config.train
+    num_steps = tc.num_steps
+    ckpt = Checkpointer(workdir / CHECKPOINT_DIR, keep=tc.keep)
+    init_from = warm_start.initial_params(config, workdir, resuming=bool(ckpt.steps()))
+    trainer = registry.make_trainer(config, mesh, init_from)
+    state, start = ckpt.restore_latest(trainer.abstract_state)
+    if state is None:
+        state, start = trainer.init_state(jax.random.PRNGKey(config.seed)), 0
+        logging.info("Initialized a new run in %s.", workdir)
+    else:
+        logging.info("Restored step %d from %s.", start, ckpt.directory)
+    writer = MetricsWriter(workdir, start_step=start, enabled=is_main)
+    progress = Progress(num_steps, start, enabled=is_main)
+    result: dict[str, Any] = {"step": start, "preempted": False}
+    tokens, clock = 0, time.perf_counter()
+    with Preemption() as preemption:
+        batches = trainer.batches(start)
+        for step in range(start + 1, num_steps + 1):
+            state, metrics = trainer.step(state, next(batches))
+            tokens += int(metrics.pop("tokens", 0))
+            row = {}
+            if _due(step, tc.log_every, num_steps):
+                row = common.host_scalars(metrics)
+                now = time.perf_counter()
+                row["tokens_per_s"] = tokens / max(now - clock, 1e-9)
+                tokens, clock = 0, now
+            if _due(step, tc.eval_every, num_steps):
+                evals = {f"eval/{k}": v for k, v in trainer.evaluate(state).items()}
+                row.update(evals)
+                result.update(evals)
+                clock = time.perf_counter()  # Evaluation time is not training throughput.
+            if row:
+                writer.write(step, row)
+            progress.update(row)
+            result["step"] = step
+            if preemption.requested():
+                ckpt.save(step, state, wait=True)
+                logging.warning("Saved step %d after SIGTERM; exiting.", step)
+                result["preempted"] = True
+                break
+            if _due(step, tc.ckpt_every, num_steps):
+                ckpt.save(step, state)
+    ckpt.wait()
+    ckpt.close()
+    progress.close()
+    writer.close()
+    if not result["preempted"]:
+        if start == num_steps:
+            logging.info("%s already finished %d steps; evaluating only.", workdir, num_steps)
+            result.update({f"eval/{k}": v for k, v in trainer.evaluate(state).items()})
+        _finish(workdir, result, is_main)
+    return result
+
+
+def _finish(workdir: Path, result: dict[str, Any], is_main: bool) -> None:
+    """Plots the curves and reports the held-out figures (process 0)."""
+    if not is_main:
+        return
+    plot = workdir / PLOT_FILE
+    plot_curves(read_metrics(workdir), plot, title=str(workdir))
+    figures = ", ".join(f"{k[5:]} {v:.4g}" for k, v in result.items() if k.startswith("eval/"))
+    line = f"Finished step {result['step']}: held-out {figures or 'n/a'}. Curves: {plot}"
+    logging.info(line)
+    print(line, flush=True)

@@ -1,0 +1,90 @@
+"""Starting parameters of a run: scratch, a finished run, a HF checkpoint or a warm start.
+
+RL recipes start from a supervised policy. A config says where it comes from
+with its `init` section (see configs/base.py `init()`):
+
+- `init.workdir`: the latest checkpoint of a finished run's workdir;
+- `init.hf_dir`: a local Hugging Face checkpoint directory;
+- otherwise, when the config has a `warm_start` sub-config (a whole experiment,
+  e.g. SFT), that experiment is run first in WORKDIR/warm_start (resumable like
+  any run) and its final parameters are taken.
+
+The parameters come back on the host as a plain dict; the algorithm places them
+into its sharded state (`make_trainer(config, mesh, init_from=params)`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+from absl import logging
+
+from rl_lm.algos import common
+from rl_lm.models.transformer import init_params
+
+WARM_START_DIR = "warm_start"
+
+
+def _load_run_params(workdir: Path) -> Any:
+    from rl_lm.train.checkpoint import load_state
+
+    ckpt = workdir / "checkpoints"
+    if not ckpt.is_dir():
+        raise FileNotFoundError(
+            f"init.workdir={str(workdir)!r} has no checkpoints/ directory; point it at the "
+            "workdir of a run that saved at least one checkpoint."
+        )
+    state, step = load_state(ckpt)
+    logging.info("Starting from step %d of %s.", step, workdir)
+    return state["params"]
+
+
+def _check_shapes(params: Any, config: Any, source: str) -> None:
+    expected = jax.eval_shape(
+        lambda: init_params(common.model_config(config.model), jax.random.key(0))
+    )
+    got = jax.tree.map(lambda x: tuple(x.shape), params)
+    want = jax.tree.map(lambda x: tuple(x.shape), expected)
+    if got != want:
+        raise ValueError(
+            f"the parameters of {source} do not match config.model: expected {want}, got "
+            f"{got}. Use the same model settings as the run you start from."
+        )
+
+
+def initial_params(config: Any, workdir: Path, resuming: bool) -> Any | None:
+    """The parameters `config` starts from, or None for a fresh initialization.
+
+    Args:
+      config: the experiment config.
+      workdir: its run directory.
+      resuming: the run already has a checkpoint (then nothing is loaded: the
+        checkpoint holds the state).
+    """
+    if resuming:
+        return None
+    init = config.get("init")
+    if init is not None and init.get("workdir"):
+        params = _load_run_params(Path(init.workdir).absolute())
+        _check_shapes(params, config, f"init.workdir={init.workdir}")
+        return params
+    if init is not None and init.get("hf_dir"):
+        from rl_lm.models.hf import load_hf_checkpoint
+
+        params, cfg = load_hf_checkpoint(init.hf_dir)
+        _check_shapes(params, config, f"init.hf_dir={init.hf_dir}")
+        logging.info("Starting from the Hugging Face checkpoint %s (%s).", init.hf_dir, cfg)
+        return params
+    if config.get("warm_start") is not None:
+        from rl_lm.train.loop import train
+
+        stage = workdir / WARM_START_DIR
+        logging.info("Warm start: running %s in %s first.", config.warm_start.algo, stage)
+        print(f"Warm start ({config.warm_start.algo}) in {stage}", flush=True)
+        train(config.warm_start, stage)
+        params = _load_run_params(stage)
+        _check_shapes(params, config, "the warm-start stage")
+        return params
+    return None

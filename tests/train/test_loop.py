@@ -1,0 +1,123 @@
+"""The loop end to end: outputs in the workdir, SIGTERM, exact resume, config checks."""
+
+import dataclasses
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from configs import sft_arith
+from rl_lm.algos import sft
+from rl_lm.train import loop, registry
+from rl_lm.train.checkpoint import load_state
+from rl_lm.train.metrics import read_metrics
+
+DATA = "arithmetic/d1_n2_add_train200_test20_seed0"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data"))
+
+
+def _config(data_dir, **train):
+    config = sft_arith.get_config("runlocal")
+    config.data.name = DATA
+    config.data.data_dir = data_dir
+    config.train.update(train)
+    return config
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    config = _config(data_dir, num_steps=6, log_every=2, eval_every=3, ckpt_every=2, keep=2)
+    return workdir, config, loop.train(config, workdir)
+
+
+def test_run_writes_its_outputs(finished_run):
+    workdir, config, result = finished_run
+    assert result["step"] == 6 and not result["preempted"]
+    assert 0.0 <= result["eval/accuracy"] <= 1.0
+    rows = read_metrics(workdir)
+    assert [r["step"] for r in rows] == [2, 3, 4, 6]
+    assert {"loss", "grad_norm", "lr", "tokens_per_s", "wall_time"} <= set(rows[0])
+    assert "eval/accuracy" in rows[1] and "loss" not in rows[1]
+    assert rows[-1]["eval/accuracy"] == result["eval/accuracy"]
+    assert (workdir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir / "tb"))
+    assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == 6
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["4", "6"]
+
+
+def _sigterm_at(step_to_stop):
+    """An SFT trainer whose step sends this process SIGTERM at `step_to_stop`."""
+
+    def make_trainer(config, mesh):
+        trainer = sft.make_trainer(config, mesh)
+        calls = []
+
+        def step(state, batch):
+            calls.append(None)
+            if len(calls) == step_to_stop:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return trainer.step(state, batch)
+
+        return dataclasses.replace(trainer, step=step)
+
+    return make_trainer
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_the_resumed_run_is_exact(finished_run, data_dir, tmp_path, monkeypatch):
+    ref_workdir, config, _ = finished_run
+    monkeypatch.setitem(registry.ALGOS, "sft", _sigterm_at(3))
+    result = loop.train(config, tmp_path)
+    assert result["step"] == 3 and result["preempted"]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "3"]
+    assert not (tmp_path / "curves.png").exists()
+    # The handler is uninstalled afterwards.
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+    monkeypatch.setitem(registry.ALGOS, "sft", sft.make_trainer)
+    result = loop.train(config, tmp_path)
+    assert result["step"] == 6 and not result["preempted"]
+    resumed, _ = load_state(tmp_path / "checkpoints", 6)
+    reference, _ = load_state(ref_workdir / "checkpoints", 6)
+    jax.tree.map(np.testing.assert_array_equal, resumed, reference)
+    steps = [r["step"] for r in read_metrics(tmp_path)]
+    assert steps == [r["step"] for r in read_metrics(ref_workdir)] == [2, 3, 4, 6]
+
+
+def test_metrics_resume_drops_rows_past_the_restored_step(tmp_path):
+    writer = loop.MetricsWriter(tmp_path, start_step=0)
+    for step in (1, 2, 3, 4):
+        writer.write(step, {"loss": 1.0 / step})
+    writer.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "loss"')  # A line cut by a crash.
+    writer = loop.MetricsWriter(tmp_path, start_step=2)
+    writer.write(3, {"loss": 0.5, "bad": float("nan")})
+    writer.close()
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["loss"] == 0.5 and "bad" not in rows[-1]
+
+
+def test_a_workdir_refuses_another_config(data_dir, tmp_path):
+    config = _config(data_dir)
+    loop.check_config(config, tmp_path)
+    loop.check_config(config, tmp_path)  # Same config: resumes.
+    config.optim.lr = 0.5
+    with pytest.raises(ValueError, match=r"different config \(optim.lr: 0.001 -> 0.5\)"):
+        loop.check_config(config, tmp_path)
+
+
+def test_unknown_algo_lists_the_known_ones(data_dir):
+    config = _config(data_dir)
+    config.algo = "sftt"
+    with pytest.raises(ValueError, match="unknown config.algo='sftt'; known algorithms: .*sft"):
+        registry.make_trainer(config, None)
