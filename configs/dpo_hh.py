@@ -84,7 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         eval=ml_collections.ConfigDict(
             dict(num_examples=512, batch_size=64, max_new_tokens=128, greedy=False, seed=0)
         ),
-        init=ml_collections.ConfigDict(dict(hf_checkpoint=arg.checkpoint)),
+        init=base.init(hf_dir=arg.checkpoint),
     )
     config.dpo.update(loss_type="sigmoid", beta=0.1, ref_batch_size=64)
     config.optim = base.optim(

@@ -8,6 +8,11 @@ behaviour responses (stage WORKDIR/warm_start); this is PPO's learned reward.
 
     python -m launch.train --config=configs/rm_synthetic.py --workdir=runs/rm_synthetic
 
+Reuse the SFT stage of a DPO run (same data, steps and model shape):
+
+    python -m launch.train --config=configs/rm_synthetic.py --workdir=runs/rm_synthetic \
+        --config.init.workdir=runs/dpo_synthetic/warm_start
+
 CPU smoke run:
 
     python -m launch.train --config=configs/rm_synthetic.py:runlocal --workdir=/tmp/rm_smoke
@@ -39,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ),
         rm=reward_model.default_config(),
         eval=ml_collections.ConfigDict(dict(num_examples=1000, batch_size=250, seed=0)),
+        init=base.init(),
     )
     config.optim = base.optim(lr=1e-4, warmup_steps=50, schedule="cosine")
     config.train = base.train(num_steps=1500, log_every=50, eval_every=250, ckpt_every=250)

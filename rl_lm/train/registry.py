@@ -12,11 +12,16 @@ from typing import Any
 
 from jax.sharding import Mesh
 
-from rl_lm.algos import common, grpo, sft
+from rl_lm.algos import common, dpo, grpo, nash, reward_model, sft
 
 ALGOS: dict[str, Callable[[Any, Mesh, Any], common.Trainer]] = {
     "sft": sft.make_trainer,
     "grpo": grpo.make_trainer,
+    "dpo": dpo.make_trainer,
+    "reward_model": reward_model.make_trainer,
+    "nash_mp": nash.make_trainer,
+    "nash_md": nash.make_trainer,
+    "online_ipo": nash.make_trainer,
 }
 
 

@@ -41,12 +41,16 @@ def _load_run_params(workdir: Path) -> Any:
     return state["params"]
 
 
+_TRUNK = ("embed", "layers", "final_norm")
+
+
 def _check_shapes(params: Any, config: Any, source: str) -> None:
+    """The transformer trunk must match; heads may differ (e.g. an RM from an SFT policy)."""
     expected = jax.eval_shape(
         lambda: init_params(common.model_config(config.model), jax.random.key(0))
     )
-    got = jax.tree.map(lambda x: tuple(x.shape), params)
-    want = jax.tree.map(lambda x: tuple(x.shape), expected)
+    got = {k: jax.tree.map(lambda x: tuple(x.shape), params.get(k)) for k in _TRUNK}
+    want = {k: jax.tree.map(lambda x: tuple(x.shape), expected.get(k)) for k in _TRUNK}
     if got != want:
         raise ValueError(
             f"the parameters of {source} do not match config.model: expected {want}, got "

@@ -263,7 +263,5 @@ def test_hh_config_takes_the_model_from_the_checkpoint(tmp_path):
     save_hf_checkpoint(init_params(tiny, jax.random.PRNGKey(0)), tiny, tmp_path / "sft")
     config = dpo_hh.get_config(f"checkpoint={tmp_path / 'sft'}")
     assert common.model_config(config.model) == tiny.replace(max_seq_len=512, remat="full")
-    assert (
-        config.tokenizer == str(tmp_path / "sft") and config.init.hf_checkpoint == config.tokenizer
-    )
+    assert config.tokenizer == str(tmp_path / "sft") and config.init.hf_dir == config.tokenizer
     assert (config.dpo.beta, config.optim.lr, config.data.batch_size) == (0.1, 1e-6, 64)
