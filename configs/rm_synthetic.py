@@ -47,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         init=base.init(),
     )
     config.optim = base.optim(lr=1e-4, warmup_steps=50, schedule="cosine")
-    config.train = base.train(num_steps=1500, log_every=50, eval_every=250, ckpt_every=250)
+    config.train = base.train(num_steps=600, log_every=50, eval_every=100, ckpt_every=200)
     # The same SFT stage as the DPO experiment's (same data, steps and model).
     dpo = dpo_synthetic.get_config(f"runlocal={arg.runlocal},sft_steps={arg.sft_steps}")
     config.warm_start = dpo.warm_start
