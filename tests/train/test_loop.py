@@ -56,8 +56,8 @@ def test_run_writes_its_outputs(finished_run):
 def _sigterm_at(step_to_stop):
     """An SFT trainer whose step sends this process SIGTERM at `step_to_stop`."""
 
-    def make_trainer(config, mesh):
-        trainer = sft.make_trainer(config, mesh)
+    def make_trainer(config, mesh, init_from=None):
+        trainer = sft.make_trainer(config, mesh, init_from)
         calls = []
 
         def step(state, batch):
