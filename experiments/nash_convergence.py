@@ -137,6 +137,16 @@ def run_method(method, config, mesh, init_from, class_eval, ref_params) -> dict[
     return curve
 
 
+def summary(curve: dict[str, list]) -> dict[str, float]:
+    """The last point of a curve, and the mean over its last quarter of queries (noise-robust)."""
+    out = {k: curve[k][-1] for k in ("queries", "nash_kl", "exploitability", "invalid", "seconds")}
+    q = np.asarray(curve["queries"])
+    tail = q >= 0.75 * q[-1]
+    for k in ("nash_kl", "exploitability"):
+        out[f"{k}_last_quarter"] = float(np.mean(np.asarray(curve[k])[tail]))
+    return out
+
+
 def plot(curves: dict, limits: dict, path: Path, beta: float) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, title in zip(
@@ -195,10 +205,7 @@ def main(argv):
         "dpo_exploitability": float(jnp.mean(dpo_metrics["exploitability"])),
         "sft_vs_task_ref_kl": float(jnp.mean(nash_tabular.kl(task_ref, ref[:, :3]))),
     }
-    final = {
-        m: {k: c[k][-1] for k in ("queries", "nash_kl", "exploitability", "invalid", "seconds")}
-        for m, c in curves.items()
-    }
+    final = {m: summary(c) for m, c in curves.items()}
     result = {
         "beta": beta,
         "budget": _BUDGET.value,

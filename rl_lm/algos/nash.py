@@ -23,9 +23,9 @@ of the current params, N opponents, N preference queries each) and spends
 M / inner_rollouts updates on each; the loss weights reused rows by
 pi_theta(y) / pi_old(y), which keeps its expected gradient exact
 (inner_rollouts = M is the fully on-policy form: fresh samples every
-update). An iteration asks 2 inner_rollouts N queries. A leave-one-out
-baseline over each prompt's G samples, computed at the sampling policy,
-lowers the variance. The optimizer state carries over between half steps
+update). An iteration asks 2 inner_rollouts N queries. Per-token
+leave-one-out baselines over each prompt's G samples, computed at the
+sampling policy, lower the variance. The optimizer state carries over between half steps
 (a fresh Adam moves every weight by about lr whatever the gradient) unless
 nash.reset_optimizer; with nash.inner_decay the learning rate follows a
 cosine from 1 to 0 within every half step, so each proximal problem is
@@ -234,19 +234,24 @@ def make_trainer(
     init_state, abstract_state, shardings = common.sharded_init(
         mesh, init_fn, lambda a: common.state_specs(a, param_specs, optimizer, keys)
     )
-    loss = functools.partial(nash_loss.LOSSES[algo], model_cfg=model_cfg, cfg=cfg)
-    update = common.jit_step(
-        common.make_update(loss, optimizer, cfg.num_microbatches), mesh, shardings
-    )
+    frozen_keys = {"nash_mp": ("ref_params", "anchor_params"), "nash_md": ("ref_params",)}
+
+    def update_fn(state, batch):
+        # The exact KL estimator runs the frozen models inside the loss.
+        frozen = {k: jax.lax.stop_gradient(state[k]) for k in frozen_keys.get(algo, ())}
+        loss = functools.partial(
+            nash_loss.LOSSES[algo], model_cfg=model_cfg, cfg=cfg, frozen=frozen
+        )
+        return common.make_update(loss, optimizer, cfg.num_microbatches)(state, batch)
+
+    update = common.jit_step(update_fn, mesh, shardings)
 
     def update_key(state):
         return jax.random.fold_in(jax.random.key(config.seed), int(state["step"]))
 
     anchor_coef = 1.0 / cfg.eta if algo == "nash_mp" else 0.0
     baseline = jax.jit(
-        lambda a: nash_loss.leave_one_out_baseline(
-            nash_loss.sequence_costs(a, a["lp_old"], cfg, anchor_coef)[1], g
-        ),
+        lambda a: nash_loss.advantage_baseline(a, cfg, anchor_coef, g),
         out_shardings=parallel.batch_sharding(mesh),
     )
 

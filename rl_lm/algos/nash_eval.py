@@ -104,7 +104,8 @@ def make_class_eval(
     """Builds (params, ref_params) -> class-level metrics on fixed held-out prompts.
 
     The prompts are the first `num_examples` of the `seed` shuffle of `source`
-    (rps_pref prompts). pi* is solved once per reference and cached.
+    (rps_pref prompts). The reference is taken to be frozen: its class
+    distribution and pi* are computed at the first call and reused.
 
     Returns:
       evaluate(params, ref_params) -> {"nash_kl", "exploitability", "invalid",

@@ -53,7 +53,7 @@ _A = np.random.default_rng(0).normal(size=(_N, _N))
 PREF = 0.5 + 0.5 * np.tanh(_A - _A.T)  # P(y_i > y_j), antisymmetric around 1/2
 
 
-def _literal_design_loss(p, batch, model_cfg, cfg):
+def _literal_design_loss(p, batch, model_cfg, cfg, frozen=None):
     """DESIGN.md's Nash-MD form sum_t sg(lp_t - lp_ref_t) lp_t: no cost-to-go of later tokens."""
     lp = response_logprobs(p, model_cfg, *(batch[k] for k in nash.ROW_KEYS))
     w = jnp.exp((lp - batch["lp_old"]).sum(axis=1, keepdims=True))
@@ -61,8 +61,8 @@ def _literal_design_loss(p, batch, model_cfg, cfg):
     return (jnp.sum(jax.lax.stop_gradient(w * adv) * batch["mask"] * lp), 1.0), {}
 
 
-@functools.partial(jax.jit, static_argnames=("algo", "literal"))
-def _expected_and_exact_gradients(algo, baseline=0.0, literal=False):
+@functools.partial(jax.jit, static_argnames=("algo", "estimator", "literal"))
+def _expected_and_exact_gradients(algo, estimator="exact", baseline=0.0, literal=False):
     """(E_{y ~ pi_theta} of the per-sequence loss gradient, exact gradient of beta L).
 
     The expectation is the sum over all 15 sequences of pi_theta(y) times the
@@ -72,15 +72,19 @@ def _expected_and_exact_gradients(algo, baseline=0.0, literal=False):
     """
     theta, ref, anchor = (init_params(ENUM_CFG, jax.random.PRNGKey(i)) for i in range(3))
     cfg = nash_loss.default_config()
-    cfg.update(beta=0.3, eta=0.7)
+    cfg.update(beta=0.3, eta=0.7, kl_estimator=estimator)
     # The opponent: pi_k for Nash-MP, any fixed policy (here ref) for Nash-MD. The
     # loss is linear in P(y > y'), so the expectation over y' is P(y > opponent).
     opponent = anchor if algo == "nash_mp" else ref
     pref = jnp.asarray(PREF, jnp.float32) @ jnp.exp(_seq_logprob(opponent))
+    frozen = {"ref_params": ref, "anchor_params": anchor}
     lp_of = lambda p: response_logprobs(p, ENUM_CFG, *(ROWS[k] for k in nash.ROW_KEYS))
     batch = {**ROWS, "pref": pref, "lp_ref": lp_of(ref), "lp_anchor": lp_of(anchor),
-             "lp_old": jnp.zeros((_N, 3)), "baseline": jnp.full((_N,), baseline)}  # fmt: skip
-    loss = _literal_design_loss if literal else nash_loss.LOSSES[algo]
+             "lp_old": jnp.zeros((_N, 3)), "baseline": jnp.full((_N, 3), baseline)}  # fmt: skip
+    if literal:
+        loss = _literal_design_loss
+    else:
+        loss = functools.partial(nash_loss.LOSSES[algo], frozen=frozen)
     expected = jax.grad(lambda p: loss(p, batch, ENUM_CFG, cfg)[0][0])(theta)
     anchor_coef = 1.0 / cfg.eta if algo == "nash_mp" else 0.0
 
@@ -93,9 +97,13 @@ def _expected_and_exact_gradients(algo, baseline=0.0, literal=False):
     return expected, jax.grad(objective)(theta), jnp.exp(_seq_logprob(theta)).sum()
 
 
-@pytest.mark.parametrize("algo, baseline", [("nash_mp", 0.0), ("nash_mp", 0.37), ("nash_md", 0.0)])
-def test_expected_estimator_gradient_equals_exact_gradient(algo, baseline):
-    expected, exact, total = _expected_and_exact_gradients(algo, baseline)
+@pytest.mark.parametrize(
+    "algo, estimator, baseline",
+    [("nash_mp", "exact", 0.0), ("nash_mp", "exact", 0.37), ("nash_mp", "sampled", 0.37),
+     ("nash_md", "exact", 0.0), ("nash_md", "sampled", 0.0)],
+)  # fmt: skip
+def test_expected_estimator_gradient_equals_exact_gradient(algo, estimator, baseline):
+    expected, exact, total = _expected_and_exact_gradients(algo, estimator, baseline)
     np.testing.assert_allclose(total, 1.0, rtol=1e-5)  # every sequence enumerated
     for e, x in zip(jax.tree.leaves(expected), jax.tree.leaves(exact), strict=True):
         np.testing.assert_allclose(e, x, rtol=1e-4, atol=2e-5 * float(jnp.abs(x).max() + 1))
@@ -112,8 +120,9 @@ def test_importance_weight_is_the_sequence_probability_ratio():
     params = init_params(ENUM_CFG, jax.random.PRNGKey(0))
     lp = response_logprobs(params, ENUM_CFG, *(ROWS[k] for k in nash.ROW_KEYS))
     batch = {**ROWS, "pref": jnp.full((_N,), 0.5), "lp_ref": lp, "lp_old": lp - 0.25 * ROWS["mask"],
-             "baseline": jnp.zeros(_N)}  # fmt: skip
+             "baseline": jnp.zeros((_N, 3))}  # fmt: skip
     cfg = nash_loss.default_config()
+    cfg.kl_estimator = "sampled"
     _, metrics = nash_loss.nash_md_loss(params, batch, ENUM_CFG, cfg)
     # w = exp(sum_t m_t (lp - lp_old)) = exp(0.25 * length) per row.
     expected = np.exp(0.25 * ROWS["mask"].sum(axis=1)).sum()
@@ -123,6 +132,8 @@ def test_importance_weight_is_the_sequence_probability_ratio():
 def test_leave_one_out_baseline_by_hand():
     b = nash_loss.leave_one_out_baseline(jnp.array([1.0, 2.0, 6.0, 0.0, 4.0, 8.0]), 3)
     np.testing.assert_allclose(b, [4.0, 3.5, 1.5, 6.0, 4.0, 2.0])
+    per_token = nash_loss.leave_one_out_baseline(jnp.array([[1.0, 0.0], [3.0, 2.0]]), 2)
+    np.testing.assert_allclose(per_token, [[3.0, 2.0], [1.0, 0.0]])
     np.testing.assert_array_equal(nash_loss.leave_one_out_baseline(jnp.ones(4), 1), 0.0)
 
 
@@ -254,20 +265,25 @@ def test_runlocal_trainer_runs_two_steps(algo, data_dir):
         assert jax.tree.all(jax.tree.map(jnp.array_equal, state["anchor_params"], state["params"]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect (issue 6/7, open): with no preference signal and eta -> inf the "
-    "half step barely moves toward ref (first-token KL 1.239 -> 1.234 in 4 inner steps)",
-)
 def test_half_step_without_preference_and_large_eta_moves_toward_ref(data_dir):
-    config = _config("nash_mp", data_dir, eta=1e6, num_inner_steps=4, num_generations=4)
+    config = _config(
+        "nash_mp",
+        data_dir,
+        eta=1e6,
+        num_inner_steps=4,
+        inner_rollouts=4,
+        num_generations=4,
+        max_new_tokens=2,
+    )
     config.unlock()
     config.optim.lr = 1e-2
     config.lock()
     model_cfg = common.model_config(config.model)
     mesh = parallel.make_mesh(config.mesh)
     start = init_params(model_cfg, jax.random.PRNGKey(1))
-    ref = init_params(model_cfg.replace(init_std=0.3), jax.random.PRNGKey(2))
+    # The reference differs in its output projection: a distance a few steps can close.
+    noise = jax.random.normal(jax.random.PRNGKey(2), start["lm_head"].shape)
+    ref = {**start, "lm_head": start["lm_head"] + 0.1 * noise}
     trainer = nash.make_trainer(
         config, mesh, init_from=start, preference=lambda pairs: np.full(len(pairs.a), 0.5)
     )
@@ -285,5 +301,5 @@ def test_half_step_without_preference_and_large_eta_moves_toward_ref(data_dir):
 
     before = first_token_kl(start)
     state, _ = trainer.step(state, prompts)
-    assert first_token_kl(jax.device_get(state["half_params"])) < 0.9 * before
-    assert first_token_kl(jax.device_get(state["params"])) < 0.9 * before
+    assert first_token_kl(jax.device_get(state["half_params"])) < 0.8 * before
+    assert first_token_kl(jax.device_get(state["params"])) < 0.8 * before
