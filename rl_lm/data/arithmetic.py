@@ -10,6 +10,13 @@ The test split is a fixed held-out set: `test_size` distinct problems drawn
 from their own random stream, so it depends on the difficulty, `test_size` and
 `seed` only (and a larger test set extends a smaller one). Train problems come
 from a second stream, with replacement, rejecting every test prompt.
+
+A careless demonstrator (`demo_error` > 0, two-operand addition only): the
+train split's "response" (the SFT demonstration) drops every carry, e.g.
+"57+68=" -> "15", in `demo_error` percent of the examples, drawn from a third
+stream; "answer" (what rewards and evaluation check) stays right. Imitation
+then learns the mistake, while a verifier's reward only knows the right
+answer: the setting where reinforcement learning has something to add.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ _MAX_DIGITS = 18  # 10**18 < 2**63, so operands fit numpy's int64 sampler.
 _CUSTOM_NAME = re.compile(
     r"d(?P<max_digits>\d+)_n(?P<num_operands>\d+)_(?P<ops>(?:add|sub|mul)+)"
     r"_train(?P<train_size>\d+)_test(?P<test_size>\d+)_seed(?P<seed>\d+)"
+    r"(?:_err(?P<demo_error>\d+))?"
 )
 
 
@@ -42,7 +50,9 @@ class ArithmeticConfig(tfds.core.BuilderConfig):
         ops: the operators to draw from, a string over "+-*".
         train_size: train examples (drawn with replacement, never a test prompt).
         test_size: distinct held-out test problems.
-        seed: seed of both random streams.
+        seed: seed of the random streams.
+        demo_error: percent of train demonstrations that drop every carry
+            (addition of two operands only; 0 = all demonstrations right).
     """
 
     max_digits: int = 2
@@ -51,13 +61,14 @@ class ArithmeticConfig(tfds.core.BuilderConfig):
     train_size: int = 20_000
     test_size: int = 1_000
     seed: int = 0
+    demo_error: int = 0
 
     def difficulty(self) -> dict[str, int | str]:
         """The fields above (everything but the tfds bookkeeping)."""
         return {f: getattr(self, f) for f in _FIELDS}
 
 
-_FIELDS = ("max_digits", "num_operands", "ops", "train_size", "test_size", "seed")
+_FIELDS = ("max_digits", "num_operands", "ops", "train_size", "test_size", "seed", "demo_error")
 _DEFAULTS = {f: ArithmeticConfig.__dataclass_fields__[f].default for f in _FIELDS}
 
 PRESETS = {
@@ -68,6 +79,11 @@ PRESETS = {
     ),
     "mix3": ArithmeticConfig(
         name="mix3", num_operands=3, ops="+-*", description="three 2-digit operands, + - *"
+    ),
+    "add2_careless": ArithmeticConfig(
+        name="add2_careless",
+        demo_error=60,
+        description="a+b, 2-digit operands; 60% of the demonstrations drop every carry",
     ),
 }
 
@@ -87,7 +103,7 @@ def _validate(fields: dict) -> dict:
         raise ValueError(f"unknown arithmetic fields {sorted(unknown)}; known: {list(_FIELDS)}.")
     f = {**_DEFAULTS, **fields}
     f["ops"] = _canonical_ops(f["ops"])
-    for key in ("max_digits", "num_operands", "train_size", "test_size", "seed"):
+    for key in ("max_digits", "num_operands", "train_size", "test_size", "seed", "demo_error"):
         if not isinstance(f[key], (int, np.integer)) or isinstance(f[key], bool):
             raise ValueError(f"arithmetic {key} must be an int, got {f[key]!r}.")
         f[key] = int(f[key])
@@ -97,6 +113,13 @@ def _validate(fields: dict) -> dict:
         raise ValueError(f"arithmetic num_operands must be >= 2, got {f['num_operands']}.")
     if f["train_size"] < 1 or f["test_size"] < 1 or f["seed"] < 0:
         raise ValueError(f"arithmetic train_size, test_size must be >= 1 and seed >= 0: {f}.")
+    if not 0 <= f["demo_error"] <= 100:
+        raise ValueError(f"arithmetic demo_error is a percent in [0, 100], got {f['demo_error']}.")
+    if f["demo_error"] and (f["ops"] != "+" or f["num_operands"] != 2):
+        raise ValueError(
+            f"arithmetic demo_error={f['demo_error']} (dropped carries) needs ops='+' and "
+            f"num_operands=2, got ops={f['ops']!r}, num_operands={f['num_operands']}."
+        )
     space = 10 ** (f["max_digits"] * f["num_operands"]) * len(f["ops"]) ** (f["num_operands"] - 1)
     if f["test_size"] > space // 2:
         raise ValueError(
@@ -111,6 +134,7 @@ def _custom_name(f: dict) -> str:
     return (
         f"d{f['max_digits']}_n{f['num_operands']}_{ops}"
         f"_train{f['train_size']}_test{f['test_size']}_seed{f['seed']}"
+        + (f"_err{f['demo_error']}" if f["demo_error"] else "")
     )
 
 
@@ -144,7 +168,7 @@ def config_from_name(name: str) -> ArithmeticConfig:
             "name from arithmetic_config(...).name / dataset_name('arithmetic', ...), "
             "e.g. 'd3_n2_addsub_train20000_test1000_seed0'."
         )
-    fields = {k: int(v) for k, v in m.groupdict().items() if k != "ops"}
+    fields = {k: int(v) for k, v in m.groupdict().items() if k != "ops" and v is not None}
     op_of = {v: k for k, v in _OP_NAMES.items()}
     fields["ops"] = "".join(op_of[n] for n in re.findall("add|sub|mul", m["ops"]))
     config = arithmetic_config(**fields)
@@ -176,8 +200,21 @@ def _draws(rng: np.random.Generator, f: dict):
             yield prompt, str(evaluate(xs, ops))
 
 
-def make_problems(config: ArithmeticConfig) -> dict[str, list[tuple[str, str]]]:
-    """The (prompt, answer) pairs of both splits, deterministic given the config."""
+def carryless_sum(a: int, b: int) -> int:
+    """a + b with every carry dropped: digit-wise sums mod 10 (57 + 68 -> 15)."""
+    out, scale = 0, 1
+    while a or b:
+        out += (a % 10 + b % 10) % 10 * scale
+        a, b, scale = a // 10, b // 10, scale * 10
+    return out
+
+
+def make_problems(config: ArithmeticConfig) -> dict[str, list[tuple[str, str, str]]]:
+    """The (prompt, demonstration, answer) triples of both splits, deterministic given the config.
+
+    The demonstration is the answer except for `demo_error` percent of the
+    train examples, which get the carry-less sum.
+    """
     f = _validate(config.difficulty())
     test, seen = [], set()
     for prompt, answer in _draws(np.random.default_rng([f["seed"], 0]), f):
@@ -185,13 +222,18 @@ def make_problems(config: ArithmeticConfig) -> dict[str, list[tuple[str, str]]]:
             break
         if prompt not in seen:
             seen.add(prompt)
-            test.append((prompt, answer))
+            test.append((prompt, answer, answer))
     train = []
+    careless = np.random.default_rng([f["seed"], 2]).random(f["train_size"]) < f["demo_error"] / 100
     for prompt, answer in _draws(np.random.default_rng([f["seed"], 1]), f):
         if len(train) == f["train_size"]:
             break
         if prompt not in seen:
-            train.append((prompt, answer))
+            demo = answer
+            if careless[len(train)]:
+                a, b = (int(x) for x in prompt[:-1].split("+"))
+                demo = str(carryless_sum(a, b))
+            train.append((prompt, demo, answer))
     return {"train": train, "test": test}
 
 
@@ -217,9 +259,9 @@ class Arithmetic(tfds.core.GeneratorBasedBuilder):
         problems = make_problems(self.builder_config)
         return {split: self._generate_examples(pairs) for split, pairs in problems.items()}
 
-    def _generate_examples(self, pairs):
-        for i, (prompt, answer) in enumerate(pairs):
-            yield i, {"prompt": prompt, "response": answer, "answer": answer}
+    def _generate_examples(self, triples):
+        for i, (prompt, demo, answer) in enumerate(triples):
+            yield i, {"prompt": prompt, "response": demo, "answer": answer}
 
 
 def arithmetic_builder(data_dir: str | os.PathLike | None = None, **fields) -> Arithmetic:

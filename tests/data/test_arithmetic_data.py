@@ -21,13 +21,14 @@ def test_answers_equal_python_eval(ops, num_operands):
     )
     problems = arithmetic.make_problems(cfg)
     pairs = problems["train"] + problems["test"]
-    for prompt, answer in pairs:
+    for prompt, demo, answer in pairs:
+        assert demo == answer
         assert prompt.endswith("=")
         assert answer == str(eval(prompt[:-1]))
         assert len(_operands(prompt)) == num_operands
-    operands = [x for p, _ in pairs for x in _operands(p)]
+    operands = [x for p, *_ in pairs for x in _operands(p)]
     assert min(operands) >= 0 and max(operands) < 100 and max(operands) >= 10
-    assert {c for p, _ in pairs for c in p if c in "+-*"} == set(ops)
+    assert {c for p, *_ in pairs for c in p if c in "+-*"} == set(ops)
 
 
 def test_evaluate_precedence():
@@ -69,14 +70,14 @@ def test_preparation_is_deterministic(tmp_path):
             num_operands=3, ops="+-*", train_size=300, test_size=60, seed=1
         )
     )
-    assert [e["prompt"] for e in runs[0][1]] != [p for p, _ in other_seed["test"]]
+    assert [e["prompt"] for e in runs[0][1]] != [p for p, *_ in other_seed["test"]]
 
 
 def test_test_set_is_fixed_by_difficulty_size_and_seed():
     small = arithmetic.make_problems(arithmetic.arithmetic_config(train_size=100, test_size=50))
     large = arithmetic.make_problems(arithmetic.arithmetic_config(train_size=900, test_size=80))
     assert large["test"][:50] == small["test"]
-    assert not {p for p, _ in large["test"]} & {p for p, _ in large["train"]}
+    assert not {p for p, *_ in large["test"]} & {p for p, *_ in large["train"]}
 
 
 def test_config_names():
@@ -107,11 +108,40 @@ def test_config_names():
         ({"train_size": 0}, "train_size"),
         ({"digits": 2}, "unknown arithmetic fields"),
         ({"max_digits": 2.0}, "must be an int"),
+        ({"demo_error": 101}, "percent in"),
+        ({"demo_error": 10, "ops": "+-"}, "needs ops='\\+'"),
     ],
 )
 def test_bad_config_fails_naming_the_field(fields, match):
     with pytest.raises(ValueError, match=match):
         arithmetic.arithmetic_config(**fields)
+
+
+@pytest.mark.parametrize(
+    "a,b,expected", [(57, 68, 15), (17, 25, 32), (5, 5, 0), (99, 1, 90), (0, 0, 0), (40, 3, 43)]
+)
+def test_carryless_sum_by_hand(a, b, expected):
+    assert arithmetic.carryless_sum(a, b) == expected
+
+
+def test_careless_demonstrations_drop_carries_at_the_given_rate():
+    clean = arithmetic.make_problems(arithmetic.arithmetic_config(train_size=4000, test_size=100))
+    cfg = arithmetic.arithmetic_config(train_size=4000, test_size=100, demo_error=60)
+    assert cfg.name == "d2_n2_add_train4000_test100_seed0_err60"
+    assert arithmetic.config_from_name(cfg.name).difficulty() == cfg.difficulty()
+    careless = arithmetic.make_problems(cfg)
+    assert careless["test"] == clean["test"]  # evaluation is unchanged
+    assert [(p, a) for p, _, a in careless["train"]] == [(p, a) for p, _, a in clean["train"]]
+    wrong, dropped = 0, 0
+    for prompt, demo, answer in careless["train"]:
+        a, b = _operands(prompt)
+        assert answer == str(a + b)
+        assert demo in (answer, str(arithmetic.carryless_sum(a, b)))
+        if arithmetic.carryless_sum(a, b) != a + b:  # a carry happens
+            dropped += 1
+            wrong += demo != answer
+    assert 0.55 < wrong / dropped < 0.65  # 60% of the problems with a carry are demonstrated wrong
+    assert arithmetic.PRESETS["add2_careless"].demo_error == 60
 
 
 def test_bad_config_names():

@@ -52,7 +52,7 @@ def test_unknown_split(tmp_path):
 def test_interrupted_preparation_leaves_no_dataset(tmp_path, monkeypatch):
     def failing_problems(config):
         def pairs():
-            yield "1+1=", "2"
+            yield "1+1=", "2", "2"
             raise RuntimeError("disk full")
 
         return {"train": pairs(), "test": pairs()}
