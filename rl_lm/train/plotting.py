@@ -1,48 +1,74 @@
-"""A PNG of a run's curves: one panel per metric against the step."""
+"""Curves of runs: one panel per metric against the step, one line per run.
+
+Figures are built with `matplotlib.figure.Figure`, not pyplot, so plotting
+never picks or changes a backend: the loop writes PNGs headless, and a
+notebook displays the returned figures inline.
+"""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")  # Files only; never needs a display.
-import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure
 
 _SKIP = ("step", "wall_time")
 
 
-def plot_curves(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
-    """Plots every numeric metric of `rows` (metrics.jsonl rows) against "step".
+def curves_figure(
+    runs: Mapping[str, Sequence[dict]], keys: Sequence[str] | None = None, title: str = ""
+) -> Figure:
+    """One panel per metric, each run's curve overlaid in it.
 
     Args:
-      rows: dicts with "step" and metric values; a metric may be absent from some
-        rows (e.g. evaluation metrics, logged less often).
-      path: the PNG to write.
-      title: figure title (e.g. the workdir).
+      runs: label -> rows of metrics.jsonl (dicts with "step" and metric values;
+        a metric may be absent from some rows, e.g. evaluation metrics). A single
+        run labelled "" gets no legend.
+      keys: the metrics to plot, in order; None plots every numeric metric of
+        any run, training loss and held-out accuracy first.
+      title: figure title.
+
+    Returns:
+      The figure.
     """
-    keys = sorted({k for r in rows for k, v in r.items() if k not in _SKIP and _is_number(v)})
-    # Training loss and held-out accuracy first: the two curves readers look for.
-    keys.sort(key=lambda k: (k not in ("loss", "eval/accuracy"), k))
+    if keys is None:
+        keys = sorted(
+            {k for rows in runs.values() for r in rows for k, v in r.items() if _plottable(k, v)}
+        )
+        # Training loss and held-out accuracy first: the two curves readers look for.
+        keys.sort(key=lambda k: (k not in ("loss", "eval/accuracy"), k))
     cols = min(3, max(1, len(keys)))
     nrows = max(1, math.ceil(len(keys) / cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.2 * nrows), squeeze=False)
+    fig = Figure(figsize=(4.5 * cols, 3.2 * nrows))
+    axes = fig.subplots(nrows, cols, squeeze=False)
     for ax, key in zip(axes.flat, keys, strict=False):
-        points = [(r["step"], r[key]) for r in rows if _is_number(r.get(key))]
-        xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3)
+        for label, rows in runs.items():
+            points = [(r["step"], r[key]) for r in rows if _is_number(r.get(key))]
+            if not points:
+                continue
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+        if any(runs) and ax.lines:
+            ax.legend(fontsize="small")
     for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def plot_curves(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
+    """Writes a PNG of every numeric metric of `rows` (metrics.jsonl rows) against "step"."""
+    curves_figure({"": rows}, title=title).savefig(path, dpi=100)
+
+
+def _plottable(key: str, value) -> bool:
+    return key not in _SKIP and _is_number(value)
 
 
 def _is_number(value) -> bool:
