@@ -103,12 +103,16 @@ def optim(**overrides) -> ml_collections.ConfigDict:
 
 
 def train(**overrides) -> ml_collections.ConfigDict:
-    """Loop settings. *_every = 0 means only at the last step."""
+    """Loop settings. *_every = 0 means only at the last step.
+
+    eval_at_start evaluates a fresh run before its first step (logged as step 0).
+    """
     fields = dict(
         num_steps=1000,
         num_microbatches=1,
         log_every=50,
         eval_every=0,
+        eval_at_start=False,
         ckpt_every=500,
         keep=3,
     )

@@ -58,6 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train = base.train(num_steps=600, log_every=20, eval_every=100, ckpt_every=100)
     warm = sft_arith.get_config()
     warm.unlock()
+    warm.model = config.model  # the warm start must have the policy's shapes
     warm.data.update(name="sort_pref/sft", max_len=32, max_prompt_len=16)
     warm.eval.max_new_tokens = 16
     warm.train = base.train(num_steps=arg.sft_steps, log_every=50, eval_every=500, ckpt_every=500)

@@ -1,9 +1,15 @@
 """GRPO with a verifiable reward on arithmetic, from an SFT warm start.
 
-The default experiment of `python -m launch.train` (no flags). A randomly
-initialized ~0.9M-parameter decoder is first fine-tuned on demonstrations
-(SFT, stage WORKDIR/warm_start), stopped well short of perfect; GRPO then
-raises its greedy held-out exact-match accuracy with the exact-match reward.
+The default experiment of `python -m launch.train` (no flags). The task,
+"arithmetic/add2_careless", is 2-digit addition demonstrated by a careless
+teacher: 60% of the SFT demonstrations drop every carry ("57+68=" -> "15").
+A randomly initialized ~0.19M-parameter decoder is first fine-tuned on those
+demonstrations (SFT, stage WORKDIR/warm_start) and imitates the mistake: it
+answers problems with a carry wrong, about 70% of them. GRPO then trains on
+the same prompts with a reward that only checks the final answer
+(exact match), and raises greedy held-out exact-match accuracy well above
+the SFT start. With `task=add2` (right demonstrations) SFT alone gets to
+~90% in the same steps and GRPO has little left to fix.
 
     python -m launch.train --config=configs/grpo_arith.py --workdir=runs/grpo_arith
 
@@ -29,7 +35,7 @@ from rl_lm.algos import grpo_loss
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = base.parse_arg(arg, runlocal=False, sft_steps=500, task="add2")
+    arg = base.parse_arg(arg, runlocal=False, sft_steps=2000, task="add2_careless")
     config = base.experiment(
         "grpo",
         model=base.model("cpu", dim=64, num_layers=2, mlp_dim=256, max_seq_len=32),
@@ -49,8 +55,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         init=base.init(),
     )
     config.grpo.update(num_generations=8, max_new_tokens=6, beta=0.04, temperature=1.0)
-    config.optim = base.optim(lr=2e-4, warmup_steps=10, schedule="constant")
-    config.train = base.train(num_steps=200, log_every=10, eval_every=25, ckpt_every=50)
+    # RL needs a much smaller step than SFT (the warm start's lr is 1e-3): at 2e-4
+    # greedy accuracy oscillates, at 3e-5 it barely moves in 400 steps.
+    config.optim = base.optim(lr=1e-4, warmup_steps=10, schedule="cosine")
+    config.train = base.train(
+        num_steps=400, log_every=10, eval_every=50, ckpt_every=100, eval_at_start=True
+    )
     warm = sft_arith.get_config(f"steps={arg.sft_steps}")
     warm.unlock()
     warm.data.name = config.data.name
@@ -65,7 +75,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.grpo.num_generations = 4
         config.eval.num_examples = 16
         config.eval.batch_size = 16
-        config.train = base.train(num_steps=4, log_every=2, eval_every=2, ckpt_every=2)
+        config.train = base.train(
+            num_steps=4, log_every=2, eval_every=2, ckpt_every=2, eval_at_start=True
+        )
         warm.model = config.model
         warm.data.batch_size = 16
         warm.eval.update(num_examples=16, batch_size=16)

@@ -1,6 +1,6 @@
 """Trains an experiment config; with no flags, the project's default experiment.
 
-    python -m launch.train --config=configs/sft_arith.py[:arg] --workdir=DIR [--config.a.b=v ...]
+    python -m launch.train --config=configs/grpo_arith.py[:arg] --workdir=DIR [--config.a.b=v ...]
 
 Restarting the same command resumes from the workdir's latest checkpoint.
 One process of a multi-process (multi-host) run also passes the coordinator,
@@ -18,7 +18,7 @@ from ml_collections import config_flags
 from rl_lm import parallel
 from rl_lm.train import loop
 
-_DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "sft_arith.py"
+_DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "grpo_arith.py"
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(_DEFAULT_CONFIG), "Experiment config file[:arg].", lock_config=True
 )

@@ -147,6 +147,15 @@ def train(config: Any, workdir: str | Path) -> dict[str, Any]:
     writer = MetricsWriter(workdir, start_step=start, enabled=is_main)
     progress = Progress(num_steps, start, enabled=is_main)
     result: dict[str, Any] = {"step": start, "preempted": False}
+    if start == 0 and tc.get("eval_at_start", False):
+        # The starting point of the curve (e.g. the warm start's accuracy), as step 0;
+        # a restart before the first checkpoint already has it.
+        logged = [r for r in read_metrics(workdir) if r["step"] == 0]
+        evals = logged[0] if logged else {}
+        if not logged:
+            evals = {f"eval/{k}": v for k, v in trainer.evaluate(state).items()}
+            writer.write(0, evals)
+        result["start"] = {k: v for k, v in evals.items() if k.startswith("eval/")}
     tokens, clock = 0, time.perf_counter()
     with Preemption() as preemption:
         batches = trainer.batches(start)
@@ -193,7 +202,12 @@ def _finish(workdir: Path, result: dict[str, Any], is_main: bool) -> None:
         return
     plot = workdir / PLOT_FILE
     plot_curves(read_metrics(workdir), plot, title=str(workdir))
-    figures = ", ".join(f"{k[5:]} {v:.4g}" for k, v in result.items() if k.startswith("eval/"))
+    start = result.get("start", {})
+    figures = ", ".join(
+        f"{k[5:]} {v:.4g}" + (f" (step 0: {start[k]:.4g})" if k in start else "")
+        for k, v in result.items()
+        if k.startswith("eval/")
+    )
     line = f"Finished step {result['step']}: held-out {figures or 'n/a'}. Curves: {plot}"
     logging.info(line)
     print(line, flush=True)

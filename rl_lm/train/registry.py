@@ -12,11 +12,12 @@ from typing import Any
 
 from jax.sharding import Mesh
 
-from rl_lm.algos import common, dpo, grpo, nash, reward_model, sft
+from rl_lm.algos import common, dpo, grpo, nash, ppo, reward_model, sft
 
 ALGOS: dict[str, Callable[[Any, Mesh, Any], common.Trainer]] = {
     "sft": sft.make_trainer,
     "grpo": grpo.make_trainer,
+    "ppo": ppo.make_trainer,
     "dpo": dpo.make_trainer,
     "reward_model": reward_model.make_trainer,
     "nash_mp": nash.make_trainer,

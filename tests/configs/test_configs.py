@@ -1,5 +1,6 @@
 """Every experiment config: loads, documents its launch command, runs 2 steps via the launcher."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -40,6 +41,23 @@ def test_there_are_configs():
 def test_docstring_holds_the_launch_command(name):
     text = (REPO / "configs" / name).read_text()
     assert f"python -m launch.train --config=configs/{name}" in text
+
+
+@pytest.mark.parametrize("arg", ["", ":runlocal"])
+@pytest.mark.parametrize("name", CONFIGS)
+def test_warm_start_stages_have_the_models_shapes(name, arg):
+    # A stage with other shapes would fail the trunk check only after it has trained.
+    module = importlib.import_module(f"configs.{name[:-3]}")
+    try:
+        config = module.get_config(arg[1:] or None)
+    except ValueError as e:  # e.g. configs/dpo_hh.py needs a checkpoint path
+        assert not arg and "needs" in str(e)
+        pytest.skip(str(e))
+    trunk = lambda m: {k: v for k, v in m.items() if k not in ("lm_head", "scalar_head")}
+    stage = config.get("warm_start")
+    while stage is not None:
+        assert trunk(stage.model) == trunk(config.model), f"{name}{arg}: warm_start.model differs"
+        stage = stage.get("warm_start")
 
 
 @pytest.mark.slow

@@ -1,0 +1,391 @@
+"""PPO with a critic and GAE for language models (InstructGPT; "Secrets of RLHF").
+
+One step is one rollout, then num_epochs x num_minibatches optimizer steps:
+1. sample G completions of each of B prompts with the KV-cache sampler;
+2. score them: the learned reward model's scalar at the last response token,
+   verifiable rewards, or their sum; normalize (batch or running statistics)
+   and clip;
+3. before any update, take the sampling policy's log-probs (lp_old), the
+   reference's (lp_ref) and the critic's values;
+4. token rewards -beta * KL_t plus the score on the last token, GAE, advantage
+   whitening (`ppo_loss.rollout_targets`, jitted on the sharded rollout);
+5. optimizer steps on `ppo_loss.loss_fn` with lp_old, V_old, A and returns fixed;
+6. the adaptive KL controller moves beta.
+
+The train state holds params = {"policy": the policy (plus its value head when
+ppo.critic = "value_head"), "critic": the separate critic}, ref_params,
+rm_params (when rewards come from the reward model), kl_coef (beta) and
+reward_stats (running reward statistics), so a resumed run continues exactly.
+
+The reward model comes from `config.reward_model`: `workdir`, a finished
+reward-model run (its latest checkpoint), or else `stage`, a reward-model
+experiment trained here on a fresh start, from the policy's starting trunk (the
+SFT warm start), before the first PPO step. The stage is not checkpointed on its
+own; its result is in every PPO checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from rl_lm import parallel
+from rl_lm.algos import common, evaluation, grpo, ppo_loss, preference_eval, reward_model
+from rl_lm.core.kl import adaptive_kl_update
+from rl_lm.data import load_source, prompt_batches
+from rl_lm.models.config import ModelConfig
+from rl_lm.models.tokenizer import check_vocab, load_tokenizer
+from rl_lm.models.transformer import Params, init_params, partition_specs
+from rl_lm.rewards import verifiable
+from rl_lm.sampling.logprobs import response_logprobs
+from rl_lm.sampling.sampler import make_sampler
+
+_ROLLOUT_KEYS = ("prompt", "prompt_mask", "response", "mask")
+
+
+def _models(config: Any) -> tuple[ModelConfig, ModelConfig | None, ModelConfig | None]:
+    """(policy, separate critic or None, reward model or None) model configs."""
+    cfg = config.ppo
+    base = common.model_config(config.model)
+    policy_cfg = base.replace(scalar_head=cfg.critic == "value_head")
+    rm_cfg = None
+    if cfg.reward.source != "verifiable":
+        section = config.get("reward_model")
+        if section is None:
+            raise ValueError(
+                f"ppo.reward.source={cfg.reward.source!r} needs a reward_model section "
+                "(model, workdir or stage; see configs/ppo_synthetic.py)."
+            )
+        rm_cfg = common.model_config(section.model)
+        if not rm_cfg.scalar_head:
+            raise ValueError("reward_model.model needs scalar_head=True.")
+    critic_cfg = None
+    if cfg.critic == "separate":
+        critic_cfg = rm_cfg or base.replace(lm_head=False, scalar_head=True, tie_embeddings=False)
+    return policy_cfg, critic_cfg, rm_cfg
+
+
+def load_reward_model(config: Any, mesh: Mesh, init_from: Params | None) -> Params:
+    """The reward model's params: from reward_model.workdir, or trained from reward_model.stage."""
+    section = config.reward_model
+    rm_cfg = common.model_config(section.model)
+    if section.get("workdir"):
+        from rl_lm.train.checkpoint import load_state
+
+        state, step = load_state(Path(section.workdir).absolute() / "checkpoints")
+        params = jax.device_get(state["params"])
+        want = jax.eval_shape(lambda: init_params(rm_cfg, jax.random.key(0)))
+        if jax.tree.map(jnp.shape, params) != jax.tree.map(jnp.shape, want):
+            raise ValueError(
+                f"the checkpoint of reward_model.workdir={section.workdir!r} does not match "
+                "reward_model.model; give reward_model.model the reward model run's model fields."
+            )
+        logging.info("Reward model: step %d of %s.", step, section.workdir)
+        return params
+    stage = section.get("stage")
+    if stage is None:
+        raise ValueError(
+            "rewards from a reward model need reward_model.workdir (a finished reward-model "
+            "run) or reward_model.stage (a reward-model experiment to train first)."
+        )
+    if common.model_config(stage.model) != rm_cfg:
+        raise ValueError("reward_model.stage.model must equal reward_model.model.")
+    trainer = reward_model.make_trainer(stage, mesh, init_from)
+    state = trainer.init_state(jax.random.PRNGKey(stage.seed))
+    batches = trainer.batches(0)
+    for _ in range(stage.train.num_steps):
+        state, _ = trainer.step(state, next(batches))
+    result = trainer.evaluate(state)
+    print(f"Reward model stage ({stage.train.num_steps} steps): held-out {result}", flush=True)
+    return jax.device_get(state["params"])
+
+
+def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> common.Trainer:
+    """The PPO trainer of `config` (fields: see configs/ppo_synthetic.py and ppo_arith.py).
+
+    Args:
+      config: the experiment config; its `ppo` section is `ppo_loss.default_config()`.
+      mesh: the device mesh.
+      init_from: starting policy parameters (the SFT warm start), also the
+        reference; None initializes from scratch.
+    """
+    cfg, data, train = config.ppo, config.data, config.train
+    ppo_loss.validate(cfg)
+    policy_cfg, critic_cfg, rm_cfg = _models(config)
+    tokenizer = load_tokenizer(config.tokenizer)
+    check_vocab(tokenizer, policy_cfg.vocab_size)
+    g, b = cfg.num_generations, data.batch_size
+    n = b * g
+    updates_per_rollout = cfg.num_epochs * cfg.num_minibatches
+    if n % cfg.num_minibatches:
+        raise ValueError(
+            f"data.batch_size*ppo.num_generations={n} rows must split into "
+            f"ppo.num_minibatches={cfg.num_minibatches} equal minibatches."
+        )
+    common.check_batch_size(
+        n // cfg.num_minibatches, mesh, cfg.num_microbatches, "data.batch_size*ppo.num_generations"
+    )
+    common.check_batch_size(b, mesh, 1, "data.batch_size")
+    if data.max_prompt_len + cfg.max_new_tokens > policy_cfg.max_seq_len:
+        raise ValueError(
+            f"data.max_prompt_len={data.max_prompt_len} + ppo.max_new_tokens="
+            f"{cfg.max_new_tokens} exceeds model.max_seq_len={policy_cfg.max_seq_len}; "
+            "shorten one of them or raise model.max_seq_len."
+        )
+    train_source = load_source(data.name, "train", data_dir=data.data_dir)
+    test_source = load_source(data.name, "test", data_dir=data.data_dir)
+    use_rm = rm_cfg is not None
+    use_verifiable = cfg.reward.source != "reward_model"
+    verifiable_fn = verifiable.combine(dict(cfg.reward.verifiable)) if use_verifiable else None
+    judged = preference_eval.judge_for(data.name)
+    true_reward = judged[1] if judged is not None else None
+
+    num_updates = train.num_steps * updates_per_rollout
+    optimizer = common.make_optimizer(config.optim, num_updates)
+    policy_specs = partition_specs(policy_cfg, config.rules)
+    param_specs = {"policy": policy_specs}
+    if critic_cfg is not None:
+        param_specs["critic"] = partition_specs(critic_cfg, config.rules)
+    rm_specs = partition_specs(rm_cfg, config.rules) if use_rm else None
+
+    def init_fn(rng, rm_params):
+        k_policy, k_critic = jax.random.split(jax.random.fold_in(rng, 1))
+        if init_from is None:
+            policy = init_params(policy_cfg, k_policy)
+        else:  # Copies the SFT weights; the value head (if any) is fresh.
+            policy = reward_model.init_from_trunk(init_from, policy_cfg, k_policy)
+        params = {"policy": policy}
+        if critic_cfg is not None:
+            if rm_params is not None:
+                params["critic"] = rm_params
+            elif init_from is not None:
+                params["critic"] = reward_model.init_from_trunk(init_from, critic_cfg, k_critic)
+            else:
+                params["critic"] = init_params(critic_cfg, k_critic)
+        extras = {
+            "ref_params": policy,
+            "kl_coef": jnp.asarray(cfg.kl.coef, jnp.float32),
+            "reward_stats": ppo_loss.init_reward_stats(),
+        }
+        if rm_params is not None:
+            extras["rm_params"] = rm_params
+        return common.new_state(params, optimizer, rng, **extras)
+
+    def specs_fn(abstract):
+        specs = common.state_specs(abstract, param_specs, optimizer)
+        specs["ref_params"] = policy_specs
+        if use_rm:
+            specs["rm_params"] = rm_specs
+        return specs
+
+    def template_init(rng):  # The shapes of a state; its reward model is a placeholder.
+        return init_fn(rng, init_params(rm_cfg, rng) if use_rm else None)
+
+    placeholder_init, abstract_state, shardings = common.sharded_init(mesh, template_init, specs_fn)
+    if use_rm:
+        rm_init = jax.jit(
+            init_fn,
+            in_shardings=(parallel.replicated(mesh), parallel.named(mesh, rm_specs)),
+            out_shardings=shardings,
+        )
+
+        def init_state(rng):
+            return rm_init(rng, load_reward_model(config, mesh, init_from))
+
+    else:
+        init_state = placeholder_init
+
+    loss = functools.partial(
+        ppo_loss.loss_fn, policy_cfg=policy_cfg, cfg=cfg, critic_cfg=critic_cfg
+    )
+    schedule = common.learning_rate_schedule(config.optim, num_updates)
+    update = common.jit_step(
+        common.make_update(loss, optimizer, cfg.num_microbatches, schedule), mesh, shardings
+    )
+    sampler = make_sampler(
+        policy_cfg,
+        max_new_tokens=cfg.max_new_tokens,
+        num_samples=g,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        eos_ids=tuple(tokenizer.eos_ids),
+        pad_id=tokenizer.pad_id,
+    )
+    rows = parallel.batch_sharding(mesh)
+    old_outputs = jax.jit(
+        lambda params, batch: ppo_loss.response_outputs(
+            params, batch, policy_cfg, cfg, critic_cfg, with_entropy=False
+        ),
+        out_shardings=rows,
+    )
+    ref_logprobs = jax.jit(
+        lambda params, batch: response_logprobs(
+            params,
+            policy_cfg,
+            *(batch[k] for k in _ROLLOUT_KEYS),
+            chunk_size=cfg.logprob_chunk,
+            temperature=cfg.temperature,
+        ),
+        out_shardings=rows,
+    )
+    rm_scores = jax.jit(
+        lambda params, batch: reward_model.score_responses(
+            params, rm_cfg, *(batch[k] for k in _ROLLOUT_KEYS)
+        ),
+        out_shardings=rows,
+    )
+    targets = jax.jit(
+        lambda score, lp, lp_ref, values, m, beta: ppo_loss.rollout_targets(
+            score, lp, lp_ref, values, m, beta, cfg
+        ),
+        out_shardings=(rows, parallel.replicated(mesh)),
+    )
+
+    def batches(start_step: int):
+        # Every process reads the whole global batch (cheap: prompts only).
+        return prompt_batches(
+            train_source,
+            tokenizer,
+            batch_size=b,
+            max_prompt_len=data.max_prompt_len,
+            seed=config.seed,
+            start_step=start_step,
+        )
+
+    def rollout(state, prompts, key):
+        """Samples and scores one global prompt batch; the host part is global."""
+        lo, hi = parallel.process_rows(mesh, b)
+        local = {k: prompts[k][lo:hi] for k in ("prompt", "prompt_mask")}
+        arrays = parallel.shard_batch(local, mesh, b)
+        out = sampler(state["params"]["policy"], arrays["prompt"], arrays["prompt_mask"], key)
+        host = {
+            "prompt": parallel.to_host(out.prompt),
+            "prompt_mask": parallel.to_host(out.prompt_mask),
+            "response": parallel.to_host(out.tokens),
+            "mask": parallel.to_host(out.mask),
+        }
+        texts = tokenizer.decode_batch(host["response"], host["mask"])
+        lo, hi = parallel.process_rows(mesh, n)
+        arrays = parallel.shard_batch({k: host[k][lo:hi] for k in _ROLLOUT_KEYS}, mesh, n)
+        score = np.zeros(n, np.float32)
+        stats = {}
+        if use_rm:
+            learned = parallel.to_host(rm_scores(state["rm_params"], arrays))
+            score += learned
+            stats["reward_learned"] = float(learned.mean())
+        if use_verifiable:
+            answers = list(np.repeat(np.asarray(prompts["answer"], dtype=object), g))
+            checked = verifiable_fn(texts, answers)
+            score += checked
+            stats["reward_verifiable"] = float(checked.mean())
+        if true_reward is not None:
+            prompt_texts = tokenizer.decode_batch(prompts["prompt"], prompts["prompt_mask"])
+            truth = true_reward(list(np.repeat(np.asarray(prompt_texts, object), g)), texts)
+            stats["reward_true"] = float(truth.mean())
+        return arrays, score, stats, host["mask"]
+
+    def step(state, prompts):
+        t0 = time.perf_counter()
+        rollout_index = int(state["step"]) // updates_per_rollout
+        key = jax.random.fold_in(jax.random.key(config.seed), rollout_index)
+        arrays, score, metrics, mask = rollout(state, prompts, key)
+        score, reward_stats = ppo_loss.normalize_rewards(
+            score, state["reward_stats"], cfg.reward.normalize, cfg.reward.clip, cfg.reward.eps
+        )
+        t1 = time.perf_counter()
+        lo, hi = parallel.process_rows(mesh, n)
+        score_N = parallel.shard_batch({"score": score[lo:hi]}, mesh, n)["score"]
+        arrays["lp_old"], arrays["values"] = old_outputs(state["params"], arrays)
+        lp_ref = ref_logprobs(state["ref_params"], arrays)
+        beta = state["kl_coef"]
+        adv_returns, rollout_stats = targets(
+            score_N, arrays["lp_old"], lp_ref, arrays["values"], arrays["mask"], beta
+        )
+        arrays.update(adv_returns)
+        rollout_stats = common.host_scalars({**rollout_stats, "kl_coef": beta})
+        t2 = time.perf_counter()
+        for epoch in range(cfg.num_epochs):
+            order = grpo._permutation(config.seed, rollout_index, epoch, n, cfg.num_minibatches)
+            for mb in np.array_split(order, cfg.num_minibatches):
+                state, update_metrics = update(state, grpo._gather_rows(arrays, mb, mesh))
+        new_beta = rollout_stats["kl_coef"]
+        if cfg.kl.adaptive:
+            new_beta = float(
+                adaptive_kl_update(
+                    np.float32(new_beta), rollout_stats["kl"], cfg.kl.target, n, cfg.kl.horizon
+                )
+            )
+        replicated = parallel.replicated(mesh)
+        state = {
+            **state,
+            "kl_coef": jax.device_put(np.float32(new_beta), replicated),
+            "reward_stats": jax.device_put(reward_stats, replicated),
+        }
+        metrics.update(common.host_scalars(update_metrics))
+        metrics.update(rollout_stats)
+        metrics.update(
+            score=float(score.mean()),
+            response_len=float(mask.sum(1).mean()),
+            time_rollout=t1 - t0,
+            time_targets=t2 - t1,
+            time_update=time.perf_counter() - t2,
+            tokens=float(mask.sum()),
+        )
+        return state, metrics
+
+    evaluate = _make_evaluate(config, mesh, policy_cfg, tokenizer, test_source)
+    return common.Trainer(
+        mesh=mesh,
+        init_state=init_state,
+        abstract_state=abstract_state,
+        state_shardings=shardings,
+        batches=batches,
+        step=step,
+        evaluate=evaluate,
+    )
+
+
+def _make_evaluate(config, mesh, policy_cfg, tokenizer, test_source):
+    """The held-out evaluation: state -> {name: float}.
+
+    On preference tasks with a ground truth (sort_pref): the win rate over the
+    reference under the true reward, the mean true reward and the sequence KL
+    (`preference_eval.make_sample_eval`); otherwise greedy exact-match accuracy.
+    """
+    data, ev = config.data, config.eval
+    if preference_eval.judge_for(data.name) is not None:
+        sample_eval = preference_eval.make_sample_eval(
+            mesh,
+            policy_cfg,
+            tokenizer,
+            test_source,
+            data.name,
+            num_examples=ev.num_examples,
+            batch_size=ev.batch_size,
+            max_prompt_len=data.max_prompt_len,
+            max_new_tokens=ev.max_new_tokens,
+            greedy=ev.greedy,
+            seed=ev.seed,
+        )
+        return lambda state: sample_eval(state["params"]["policy"], state["ref_params"])
+    heldout = evaluation.make_exact_match_eval(
+        mesh,
+        policy_cfg,
+        tokenizer,
+        test_source,
+        num_examples=ev.num_examples,
+        batch_size=ev.batch_size,
+        max_prompt_len=data.max_prompt_len,
+        max_new_tokens=ev.max_new_tokens,
+        seed=ev.seed,
+    )
+    return lambda state: heldout(state["params"]["policy"])

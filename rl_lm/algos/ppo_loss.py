@@ -1,0 +1,335 @@
+"""PPO's loss and rollout targets for language models (DESIGN.md section 6).
+
+InstructGPT-style PPO: the token reward is -beta * KL_t to the reference, plus
+the sequence score on the last response token; GAE turns rewards and the
+critic's values into advantages and returns (`rollout_targets`); the loss is
+the clipped policy surrogate plus vf_coef times the clipped value loss minus
+ent_coef times the entropy, aggregated under the response mask (`loss_fn`).
+The critic is a scalar head on the policy trunk or a separate scalar-head
+model. The on-policy loop that feeds these lives in `rl_lm.algos.ppo`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from rl_lm.core import aggregation, gae, kl, losses, masks
+from rl_lm.models.config import ModelConfig
+from rl_lm.models.transformer import Params, forward, scalar
+from rl_lm.sampling.logprobs import hidden_logprobs
+
+CRITICS = ("value_head", "separate")
+REWARD_SOURCES = ("reward_model", "verifiable", "both")
+REWARD_NORMALIZATIONS = ("none", "batch", "running")
+
+sg = jax.lax.stop_gradient
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """PPO hyperparameters; InstructGPT / lm-human-preferences values where they exist."""
+    return ml_collections.ConfigDict(
+        {
+            "num_generations": 4,  # samples per prompt; rows = data.batch_size * this
+            "max_new_tokens": 16,
+            "temperature": 1.0,
+            "top_k": 0,
+            "top_p": 1.0,
+            "gamma": 1.0,
+            "lam": 0.95,
+            "clip_eps": 0.2,
+            "value_clip_eps": 0.2,
+            "vf_coef": 0.1,
+            "ent_coef": 0.0,
+            "aggregation": "token-mean",  # see core.aggregation
+            "whiten_advantages": True,
+            "kl": {
+                "coef": 0.05,  # beta, the initial one when adaptive
+                "estimator": "k1",  # per-token KL in the reward: k1 | k2 | k3
+                "adaptive": False,  # Ziegler et al. 2019 controller
+                "target": 6.0,  # target sequence KL (nats) of the controller
+                "horizon": 10000,  # controller horizon, in samples
+            },
+            "reward": {
+                "source": "reward_model",  # reward_model | verifiable | both (their sum)
+                "verifiable": {"exact_match": 1.0},  # weights of rl_lm.rewards.verifiable
+                "normalize": "none",  # none | batch | running (statistics in the state)
+                "clip": 0.0,  # |score| <= clip after normalization; 0 disables
+                "eps": 1e-8,
+            },
+            "critic": "value_head",  # value_head (on the policy trunk) | separate
+            "num_epochs": 4,  # passes over each rollout with lp_old fixed
+            "num_minibatches": 1,  # optimizer steps per epoch
+            "num_microbatches": 1,  # gradient accumulation inside a minibatch
+            "logprob_chunk": 64,
+        }
+    )
+
+
+def validate(cfg: Any) -> None:
+    """Fails early, naming the field and the fix, on an inconsistent PPO config."""
+    problems = []
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    check(cfg.critic in CRITICS, f"ppo.critic={cfg.critic!r} must be one of {CRITICS}")
+    check(
+        cfg.reward.source in REWARD_SOURCES,
+        f"ppo.reward.source={cfg.reward.source!r} must be one of {REWARD_SOURCES}",
+    )
+    check(
+        cfg.reward.normalize in REWARD_NORMALIZATIONS,
+        f"ppo.reward.normalize={cfg.reward.normalize!r} must be one of {REWARD_NORMALIZATIONS}",
+    )
+    check(cfg.reward.clip >= 0, f"ppo.reward.clip={cfg.reward.clip} must be >= 0 (0 disables)")
+    check(
+        cfg.kl.estimator in kl.KL_ESTIMATORS,
+        f"ppo.kl.estimator={cfg.kl.estimator!r} must be one of {sorted(kl.KL_ESTIMATORS)}",
+    )
+    check(cfg.kl.coef >= 0, f"ppo.kl.coef={cfg.kl.coef} must be >= 0")
+    if cfg.kl.adaptive:
+        check(
+            cfg.kl.coef > 0,
+            "ppo.kl.adaptive=True multiplies ppo.kl.coef, which must then be > 0",
+        )
+        check(cfg.kl.target > 0, f"ppo.kl.target={cfg.kl.target} must be > 0")
+        check(cfg.kl.horizon > 0, f"ppo.kl.horizon={cfg.kl.horizon} must be > 0")
+    check(
+        cfg.aggregation in aggregation.AGGREGATION_MODES,
+        f"ppo.aggregation={cfg.aggregation!r} must be one of {aggregation.AGGREGATION_MODES}",
+    )
+    for name in ("gamma", "lam"):
+        check(0 <= cfg[name] <= 1, f"ppo.{name}={cfg[name]} must be in [0, 1]")
+    for name in ("clip_eps", "value_clip_eps"):
+        check(cfg[name] > 0, f"ppo.{name}={cfg[name]} must be > 0")
+    for name in ("vf_coef", "ent_coef"):
+        check(cfg[name] >= 0, f"ppo.{name}={cfg[name]} must be >= 0")
+    check(
+        cfg.temperature > 0,
+        f"ppo.temperature={cfg.temperature} must be > 0 (PPO needs a stochastic policy)",
+    )
+    for name in ("num_generations", "num_epochs", "num_minibatches", "num_microbatches"):
+        check(cfg[name] >= 1, f"ppo.{name}={cfg[name]} must be >= 1")
+    if problems:
+        raise ValueError("Invalid PPO config: " + "; ".join(problems) + ".")
+
+
+def response_hidden(params: Params, model_cfg: ModelConfig, batch: dict[str, jax.Array]):
+    """Hidden states [N,R,D] that predict each response token (the state before it).
+
+    The batch's prompts are per row (already repeated G times, as the sampler
+    returns them).
+    """
+    p, r = batch["prompt"].shape[1], batch["response"].shape[1]
+    tokens_NxT = jnp.concatenate([batch["prompt"], batch["response"]], axis=1)
+    mask_NxT = jnp.concatenate([batch["prompt_mask"], batch["mask"]], axis=1)
+    hidden_NxTxD, _ = forward(params, tokens_NxT, model_cfg, mask_NxT=mask_NxT.astype(bool))
+    return hidden_NxTxD[:, p - 1 : p + r - 1]
+
+
+def response_outputs(
+    params: dict[str, Params],
+    batch: dict[str, jax.Array],
+    policy_cfg: ModelConfig,
+    cfg: Any,
+    critic_cfg: ModelConfig | None = None,
+    with_entropy: bool = True,
+) -> tuple[jax.Array, ...]:
+    """Token log-probs, (entropies) and values of the batch's responses.
+
+    Args:
+      params: {"policy": ...} (with the value head, "score", when critic_cfg is
+        None) and {"critic": ...} for a separate critic.
+      batch: prompt [N,P], prompt_mask [N,P], response [N,R], mask [N,R].
+      policy_cfg: the policy's model config.
+      cfg: the `ppo` config section (temperature, logprob_chunk).
+      critic_cfg: the separate critic's model config; None for a value head.
+      with_entropy: also return the per-token entropy (computed chunk by chunk
+        with the log-probs: no [N,R,V] array is held, see `hidden_logprobs`).
+
+    Returns:
+      (lp_NxR, entropy_NxR, values_NxR) or (lp_NxR, values_NxR), float32 and 0
+      off the response mask.
+    """
+    on_NxR = batch["mask"] > 0
+    h_NxRxD = response_hidden(params["policy"], policy_cfg, batch)
+    out = hidden_logprobs(
+        params["policy"],
+        policy_cfg,
+        h_NxRxD,
+        batch["response"],
+        chunk_size=cfg.logprob_chunk,
+        temperature=cfg.temperature,
+        with_entropy=with_entropy,
+    )
+    out = out if with_entropy else (out,)
+    if critic_cfg is None:
+        values_NxR = scalar(params["policy"], h_NxRxD)
+    else:
+        values_NxR = scalar(params["critic"], response_hidden(params["critic"], critic_cfg, batch))
+    return tuple(jnp.where(on_NxR, x, 0.0) for x in (*out, values_NxR))
+
+
+def loss_fn(
+    params: dict[str, Params],
+    batch: dict[str, jax.Array],
+    policy_cfg: ModelConfig,
+    cfg: Any,
+    critic_cfg: ModelConfig | None = None,
+) -> tuple[tuple[jax.Array, jax.Array], dict[str, tuple[jax.Array, jax.Array]]]:
+    """PPO loss of one (micro)batch: agg(l_clip + vf_coef * l_value - ent_coef * entropy).
+
+    Args:
+      params: see `response_outputs`.
+      batch: `response_outputs`'s fields plus, from the rollout, lp_old [N,R],
+        values [N,R] (V_old), adv [N,R] and returns [N,R].
+      policy_cfg: the policy's model config.
+      cfg: the `ppo` config section.
+      critic_cfg: the separate critic's model config; None for a value head.
+
+    Returns:
+      ((numerator, denominator), metrics) as `common.make_update` expects; every
+      metric is a (sum over response tokens, token count) pair: pg_loss,
+      vf_loss, entropy, clipfrac (policy clip active), vf_clipfrac, ratio,
+      approx_kl (k3 estimate of KL(pi_old || pi)), value.
+    """
+    m = batch["mask"].astype(jnp.float32)
+    lp, ent, values = response_outputs(params, batch, policy_cfg, cfg, critic_cfg)
+    pg, ind = losses.clipped_surrogate(
+        lp, batch["lp_old"], batch["adv"], cfg.clip_eps, cfg.clip_eps
+    )
+    vf, vind = losses.clipped_value_loss(
+        values, batch["values"], batch["returns"], cfg.value_clip_eps
+    )
+    l = pg + cfg.vf_coef * vf - cfg.ent_coef * ent
+    num = aggregation.aggregation_numerator(l, m, cfg.aggregation)
+    den = aggregation.aggregation_denominator(cfg.aggregation, m, cfg.max_new_tokens)
+    tokens = jnp.sum(m)
+    per_token = {
+        "pg_loss": pg,
+        "vf_loss": vf,
+        "entropy": ent,
+        "clipfrac": ind["clipped_low"] + ind["clipped_high"],
+        "vf_clipfrac": vind["value_clipped"],
+        "ratio": ind["ratio"],
+        "approx_kl": kl.k3(batch["lp_old"], lp),
+        "value": values,
+    }
+    metrics = {k: (jnp.sum(sg(v) * m), tokens) for k, v in per_token.items()}
+    return (num, den), metrics
+
+
+def token_rewards(
+    score_N: jax.Array, kl_NxT: jax.Array, m_NxT: jax.Array, kl_coef: jax.Array | float
+) -> jax.Array:
+    """r_t = -kl_coef * kl_t on response tokens, plus score_N on each row's last one.
+
+    The last response token is the one where the running count of the mask
+    reaches the row's total (so any mask shape works); a row with an empty
+    mask gets no reward at all.
+    """
+    on = m_NxT > 0
+    count = jnp.cumsum(on, axis=1)
+    last = on & (count == count[:, -1:])
+    return jnp.where(on, -kl_coef * kl_NxT, 0.0) + jnp.where(last, score_N[:, None], 0.0)
+
+
+def rollout_targets(
+    score_N: jax.Array,
+    lp_NxT: jax.Array,
+    lp_ref_NxT: jax.Array,
+    values_NxT: jax.Array,
+    m_NxT: jax.Array,
+    kl_coef: jax.Array | float,
+    cfg: Any,
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """Advantages and returns of one rollout, before any update.
+
+    Args:
+      score_N: sequence scores (normalized and clipped already).
+      lp_NxT: log-probs of the sampled tokens under the sampling policy.
+      lp_ref_NxT: the same under the reference.
+      values_NxT: the critic's values at sampling time.
+      m_NxT: response mask.
+      kl_coef: beta.
+      cfg: the `ppo` config section (kl.estimator, gamma, lam, whiten_advantages).
+
+    Returns:
+      ({"adv", "returns"} [N,T], 0 off the mask; adv whitened over the whole
+      batch under the mask when cfg.whiten_advantages), and scalar statistics:
+      "kl" (mean over rows of the summed per-token estimate, what the adaptive
+      controller reads), "explained_variance" of the returns by the values,
+      "returns", "adv" (before whitening) and "token_reward" (means under the mask).
+    """
+    m = m_NxT.astype(jnp.float32)
+    kl_NxT = kl.kl_estimate(cfg.kl.estimator, lp_NxT, lp_ref_NxT) * m
+    r_NxT = token_rewards(score_N, kl_NxT, m, kl_coef)
+    adv_NxT, returns_NxT = gae.gae(r_NxT, values_NxT, m, cfg.gamma, cfg.lam)
+    resid_var = masks.masked_var(returns_NxT - values_NxT, m)
+    stats = {
+        "kl": jnp.mean(jnp.sum(kl_NxT, axis=1)),
+        "explained_variance": 1.0
+        - resid_var / masks.safe_denominator(masks.masked_var(returns_NxT, m)),
+        "returns": masks.masked_mean(returns_NxT, m),
+        "adv": masks.masked_mean(adv_NxT, m),
+        "token_reward": masks.masked_mean(r_NxT, m),
+    }
+    if cfg.whiten_advantages:
+        adv_NxT = masks.masked_whiten(adv_NxT, m)
+    return {"adv": adv_NxT, "returns": returns_NxT}, stats
+
+
+def init_reward_stats() -> dict[str, jax.Array]:
+    """Running reward statistics of an empty history: count, mean, (population) var."""
+    return {
+        "count": jnp.zeros((), jnp.float32),
+        "mean": jnp.zeros((), jnp.float32),
+        "var": jnp.ones((), jnp.float32),
+    }
+
+
+def normalize_rewards(
+    r_N: np.ndarray, stats: dict[str, Any], mode: str, clip: float, eps: float
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Normalizes and clips sequence scores on the host.
+
+    "batch" standardizes with this batch's mean and std; "running" first merges
+    the batch into the running statistics (Chan et al.'s parallel update) and
+    standardizes with those; "none" leaves the scores. Then, with clip > 0,
+    scores are clipped to [-clip, clip].
+
+    Args:
+      r_N: raw scores.
+      stats: running statistics (`init_reward_stats`), host or device scalars.
+      mode: one of `REWARD_NORMALIZATIONS`.
+      clip: the clip range; 0 disables.
+      eps: added to the std.
+
+    Returns:
+      (scores float32 [N], new running statistics as float32 numpy scalars;
+      unchanged unless mode is "running").
+    """
+    r = np.asarray(r_N, np.float64)
+    stats = {k: np.float32(np.asarray(v)) for k, v in stats.items()}
+    if mode == "batch":
+        r = (r - r.mean()) / (r.std() + eps)
+    elif mode == "running":
+        n_a, mean_a, var_a = (float(stats[k]) for k in ("count", "mean", "var"))
+        n_b, mean_b, var_b = len(r), r.mean(), r.var()
+        n = n_a + n_b
+        delta = mean_b - mean_a
+        mean = mean_a + delta * n_b / n
+        var = (var_a * n_a + var_b * n_b + delta**2 * n_a * n_b / n) / n
+        stats = {"count": np.float32(n), "mean": np.float32(mean), "var": np.float32(var)}
+        r = (r - mean) / (np.sqrt(var) + eps)
+    elif mode != "none":
+        raise ValueError(f"reward normalization {mode!r} is not one of {REWARD_NORMALIZATIONS}.")
+    if clip > 0:
+        r = np.clip(r, -clip, clip)
+    return r.astype(np.float32), stats
