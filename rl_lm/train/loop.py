@@ -204,7 +204,7 @@ def _finish(workdir: Path, result: dict[str, Any], is_main: bool) -> None:
     plot_curves(read_metrics(workdir), plot, title=str(workdir))
     start = result.get("start", {})
     figures = ", ".join(
-        f"{k[5:]} {v:.4g}" + (f" (step 0: {start[k]:.4g})" if k in start else "")
+        f"{k[5:]} {v:.4g}" + (f" (step 0: {start[k]:.4g})" if start.get(k, v) != v else "")
         for k, v in result.items()
         if k.startswith("eval/")
     )
