@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import signal
 
 import jax
@@ -51,6 +52,23 @@ def test_run_writes_its_outputs(finished_run):
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir / "tb"))
     assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == 6
     assert sorted(os.listdir(workdir / "checkpoints")) == ["4", "6"]
+
+
+def test_eval_at_start_logs_step_zero_once(data_dir, tmp_path, capsys):
+    config = _config(data_dir, num_steps=2, log_every=2, eval_every=2, ckpt_every=2)
+    config.train.eval_at_start = True
+    loop.train(config, tmp_path)
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [0, 2]
+    assert set(rows[0]) == {"step", "wall_time", "eval/accuracy", "eval/num_examples"}
+    # A from-scratch model gets nothing right; the final line shows both figures.
+    assert rows[0]["eval/accuracy"] == 0.0
+    if rows[1]["eval/accuracy"] != 0.0:
+        assert "(step 0: 0)" in capsys.readouterr().out
+    # Killed before its first checkpoint, the run restarts at step 0 but keeps its row.
+    shutil.rmtree(tmp_path / "checkpoints")
+    loop.train(config, tmp_path)
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0, 2]
 
 
 def _sigterm_at(step_to_stop):
