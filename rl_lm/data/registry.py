@@ -8,9 +8,9 @@ import os
 import tensorflow_datasets as tfds
 from absl import logging
 
-from rl_lm.data import arithmetic, jsonl, preference_tasks, storage
+from rl_lm.data import arithmetic, chain, jsonl, preference_tasks, storage
 
-TASKS = ("arithmetic", "jsonl", *preference_tasks.TASKS)
+TASKS = ("arithmetic", "chain", "jsonl", *preference_tasks.TASKS)
 
 
 def dataset_name(task: str, **fields) -> str:
@@ -39,6 +39,8 @@ def dataset_name(task: str, **fields) -> str:
         return f"jsonl/{fields['name']}"
     if task in preference_tasks.TASKS:
         return preference_tasks.dataset_name(task, **fields)
+    if task == "chain":
+        return chain.dataset_name(**fields)
     raise ValueError(f"unknown data task {task!r}; known: {', '.join(TASKS)}.")
 
 
@@ -65,10 +67,12 @@ def load_source(
     """
     root = storage.resolve_data_dir(data_dir)
     family, _, config = name.partition("/")
-    if family == "arithmetic" or family in preference_tasks.TASKS:
+    if family in ("arithmetic", "chain") or family in preference_tasks.TASKS:
         if family == "arithmetic":
             config = config or arithmetic.Arithmetic.DEFAULT_CONFIG_NAME
             builder = arithmetic.arithmetic_builder(root, config=config)
+        elif family == "chain":
+            builder = chain.chain_builder(root, config)
         else:
             builder = preference_tasks.task_builder(family, config, root)
         if not storage.is_prepared(builder):

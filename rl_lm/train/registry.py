@@ -12,7 +12,7 @@ from typing import Any
 
 from jax.sharding import Mesh
 
-from rl_lm.algos import common, dpo, grpo, nash, ppo, reward_model, sft
+from rl_lm.algos import common, dpo, grpo, nash, ppo, prm, reward_model, sft
 
 ALGOS: dict[str, Callable[[Any, Mesh, Any], common.Trainer]] = {
     "sft": sft.make_trainer,
@@ -20,6 +20,7 @@ ALGOS: dict[str, Callable[[Any, Mesh, Any], common.Trainer]] = {
     "ppo": ppo.make_trainer,
     "dpo": dpo.make_trainer,
     "reward_model": reward_model.make_trainer,
+    "prm": prm.make_trainer,
     "nash_mp": nash.make_trainer,
     "nash_md": nash.make_trainer,
     "online_ipo": nash.make_trainer,

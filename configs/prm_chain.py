@@ -1,0 +1,76 @@
+"""A discriminative process reward model on multi-step arithmetic chains.
+
+Prompts like "12 +5 *3 -7:" are solved one step per line ("12+5=17\n...\n#### 44",
+rl_lm/data/chain.py). A 2-layer, 64-wide decoder first learns the canonical
+solutions (SFT on chain/sft, stage WORKDIR/warm_start); its trunk plus a fresh
+scalar head then learns to label steps: on chain/prm (half canonical solutions,
+half with one wrong result that later steps build on), binary cross-entropy at
+each step's last token against the programmatic checker's labels
+(rl_lm/rewards/steps.py; 1 until the first wrong step, 0 from there). The
+held-out step-level accuracy is logged. This PRM is a process reward source
+for GRPO / PPO.
+
+    python -m launch.train --config=configs/prm_chain.py --workdir=runs/prm_chain
+
+Reuse an SFT run (same model shape):
+
+    python -m launch.train --config=configs/prm_chain.py --workdir=runs/prm_chain \
+        --config.init.workdir=runs/prm_chain_a/warm_start
+
+CPU smoke run:
+
+    python -m launch.train --config=configs/prm_chain.py:runlocal --workdir=/tmp/prm_smoke
+
+Options: sft_steps=... (config argument), --config.prm.max_steps=...,
+--config.data.name=chain/prm_steps4 (longer chains; raise max_len).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from configs import base, sft_arith
+from rl_lm.algos import prm
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = base.parse_arg(arg, runlocal=False, sft_steps=1000)
+    shape = dict(dim=64, num_layers=2, mlp_dim=256, max_seq_len=64)
+    config = base.experiment(
+        "prm",
+        model=base.model("cpu", lm_head=False, scalar_head=True, **shape),
+        data=ml_collections.ConfigDict(
+            dict(
+                name="chain/prm",
+                data_dir=config_dict.placeholder(str),  # None: $RL_LM_DATA_DIR or ~/.cache
+                batch_size=64,
+                max_len=64,  # [BOS] + prompt (12) + a corrupted response (<= 42) + [EOS]
+                truncate=False,
+            )
+        ),
+        prm=prm.default_config(),
+        eval=ml_collections.ConfigDict(dict(num_examples=512, batch_size=256, seed=0)),
+        init=base.init(),
+    )
+    config.optim = base.optim(lr=1e-3, warmup_steps=50, schedule="cosine")
+    config.train = base.train(num_steps=1000, log_every=50, eval_every=200, ckpt_every=500)
+    warm = sft_arith.get_config()
+    warm.unlock()
+    warm.model = base.model("cpu", **shape)
+    warm.data.update(name="chain/sft", max_len=48, max_prompt_len=16)
+    warm.eval.max_new_tokens = 32
+    warm.train = base.train(
+        num_steps=arg.sft_steps, log_every=50, eval_every=arg.sft_steps, ckpt_every=500
+    )
+    config.warm_start = warm
+    if arg.runlocal:
+        config.data.update(name="chain/prm_train256_test32", batch_size=16)
+        config.eval.update(num_examples=32, batch_size=16)
+        config.optim.warmup_steps = 2
+        config.train = base.train(num_steps=4, log_every=2, eval_every=2, ckpt_every=2)
+        warm.data.update(name="chain/sft_train256_test32", batch_size=16)
+        warm.eval.update(num_examples=16, batch_size=16)
+        warm.optim.warmup_steps = 2
+        warm.train = base.train(num_steps=4, log_every=2, eval_every=2, ckpt_every=2)
+    warm.lock()
+    config.lock()
+    return config
