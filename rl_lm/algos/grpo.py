@@ -6,6 +6,11 @@ reference (and, for several updates per rollout, old-policy) log-probs, then
 run num_epochs x num_minibatches jitted optimizer steps on the rollout with
 lp_old fixed. The loss itself is `rl_lm.algos.grpo_loss.loss_fn`.
 
+With `grpo.process.source` set, the advantages are per token instead: step
+scores (a programmatic checker or a learned PRM) go through a credit form
+(sum / min / soft-min) to token advantages, plus a weighted outcome advantage
+(`rl_lm.algos.process_rewards`).
+
 Host-side work (decoding, rewards, advantages, DAPO's group filter) runs on
 the global batch, identically on every process, so multi-host runs need no
 string gathering: every process reads the same global prompt batch and feeds
@@ -24,11 +29,12 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rl_lm import parallel
-from rl_lm.algos import common, evaluation, grpo_loss
+from rl_lm.algos import common, evaluation, grpo_loss, process_rewards
 from rl_lm.core import advantages
 from rl_lm.data import load_source, prompt_batches
 from rl_lm.models.tokenizer import check_vocab, load_tokenizer
 from rl_lm.models.transformer import Params, init_params, partition_specs
+from rl_lm.rewards import steps as step_checkers
 from rl_lm.rewards import verifiable
 from rl_lm.sampling.logprobs import response_logprobs
 from rl_lm.sampling.sampler import make_sampler
@@ -67,6 +73,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     test_source = load_source(data.name, "test", data_dir=data.data_dir)
     reward_fn = verifiable.combine(dict(cfg.rewards))
     use_ref = cfg.beta > 0 and cfg.kl_placement != "none"
+    process = _make_process(cfg, config.model, tokenizer, mesh)
 
     num_updates = train.num_steps * updates_per_rollout
     optimizer = common.make_optimizer(config.optim, num_updates)
@@ -142,6 +149,14 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         texts = tokenizer.decode_batch(host["response"], host["mask"])
         answers = np.repeat(np.asarray(prompts["answer"], dtype=object), g)
         host["correct"] = verifiable.exact_match(texts, list(answers))
+        if process is not None and process["checker"] is not None:
+            prompt_texts = tokenizer.decode_batch(prompts["prompt"], prompts["prompt_mask"])
+            host["step_scores"], host["step_mask"] = step_checkers.step_scores(
+                list(np.repeat(np.asarray(prompt_texts, dtype=object), g)),
+                texts,
+                cfg.process.max_steps,
+                checker=process["checker"],
+            )
         host["reward"] = reward_fn(texts, list(answers)) + grpo_loss.overlong_penalty(
             host["mask"].sum(1), cfg.max_new_tokens, cfg.overlong_cache
         )
@@ -205,6 +220,9 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
             )
         ).reshape(-1)
         adv = adv * (host["mask"].sum(1) > 0)
+        if process is not None:
+            adv, process_metrics = _process_advantages(process, host, arrays, adv)
+            metrics.update(process_metrics)
         arrays["adv"] = parallel.shard_batch({"adv": adv[lo:hi].astype(np.float32)}, mesh, n)["adv"]
         if use_ref:
             arrays["lp_ref"] = ref_lp
@@ -258,6 +276,72 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         step=step,
         evaluate=lambda state: heldout(state["params"]),
     )
+
+
+def _make_process(cfg: Any, model: Any, tokenizer: Any, mesh: Mesh) -> dict[str, Any] | None:
+    """The jitted pieces of process rewards, or None when `grpo.process` is off."""
+    proc = cfg.get("process")
+    if not process_rewards.enabled(proc):
+        return None
+    step_args = process_rewards.step_args(proc, tokenizer)
+    kwargs = process_rewards.advantage_kwargs(proc, cfg.num_generations, step_args)
+    out = {
+        "checker": proc.source if proc.source != "prm" else None,
+        "advantages": jax.jit(functools.partial(process_rewards.token_advantages, **kwargs)),
+    }
+    if proc.source == "prm":
+        from rl_lm.algos import prm
+
+        params, prm_cfg = process_rewards.load_prm(proc.prm_workdir, model)
+        out["prm_params"] = jax.device_put(params, parallel.replicated(mesh))
+        out["prm_score"] = jax.jit(
+            lambda params, *batch: prm.score_responses(params, prm_cfg, *batch, **step_args),
+            out_shardings=parallel.batch_sharding(mesh),
+        )
+    return out
+
+
+def _process_advantages(
+    process: dict[str, Any],
+    host: dict[str, np.ndarray],
+    arrays: dict[str, jax.Array],
+    outcome_adv_N: np.ndarray,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Token advantages [N, T] of the global batch (on every process) and their metrics."""
+    if process["checker"] is None:
+        p_NxS, _ = process["prm_score"](
+            process["prm_params"],
+            arrays["prompt"],
+            arrays["prompt_mask"],
+            arrays["response"],
+            arrays["mask"],
+        )
+        scores_NxS = parallel.to_host(p_NxS)
+        host_mask_NxS = None
+    else:
+        scores_NxS, host_mask_NxS = host["step_scores"], host["step_mask"]
+    adv_NxT, stats = process["advantages"](
+        jnp.asarray(scores_NxS, jnp.float32),
+        jnp.asarray(host["response"]),
+        jnp.asarray(host["mask"]),
+        jnp.asarray(outcome_adv_N, jnp.float32),
+    )
+    stats = jax.tree.map(np.asarray, stats)
+    metrics = {
+        "steps_per_response": float(stats["num_steps_N"].mean()),
+        "step_overflow": float(stats["overflow_N"].mean()),
+        "process_return": float(stats["return_N"].mean()),
+        "process_score_sum": float(stats["score_sum_N"].mean()),
+        "process_score_min": float(
+            np.where(stats["num_steps_N"] > 0, stats["score_min_N"], 0).mean()
+        ),
+    }
+    if host_mask_NxS is not None:
+        _, mismatch_N = process_rewards.read_into_slots(
+            scores_NxS, host_mask_NxS, stats["num_steps_N"]
+        )
+        metrics["step_mismatch"] = float(mismatch_N.mean())
+    return np.asarray(adv_NxT), metrics
 
 
 def _take_groups(host: dict[str, np.ndarray], keep_B: np.ndarray, g: int) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from rl_lm.algos import process_rewards
 from rl_lm.core import advantages, aggregation, kl, losses
 from rl_lm.models.config import ModelConfig
 from rl_lm.sampling.logprobs import response_logprobs
@@ -48,6 +49,8 @@ def default_config() -> ml_collections.ConfigDict:
             "overlong_cache": 0,  # DAPO soft overlong punishment window L_cache; 0 = off
             "rewards": {"exact_match": 1.0},
             "logprob_chunk": 64,
+            # Process rewards (token advantages from step scores); off by default.
+            "process": process_rewards.default_config(),
         }
     )
 
@@ -76,6 +79,8 @@ def validate(cfg: Any) -> None:
             f"grpo.overlong_cache={cfg.overlong_cache} must be < grpo.max_new_tokens="
             f"{cfg.max_new_tokens}"
         )
+    if cfg.get("process") is not None:
+        problems += process_rewards.validate(cfg.process, cfg)
     if problems:
         raise ValueError("Invalid GRPO config: " + "; ".join(problems) + ".")
 
@@ -108,7 +113,8 @@ def loss_fn(
     Args:
       params: policy parameters.
       batch: prompt [N,P], prompt_mask [N,P], response [N,T], mask [N,T],
-        adv [N] (sequence advantages), lp_old [N,T] (when absent, the
+        adv [N] (sequence advantages) or [N,T] (token advantages, e.g. from
+        process rewards), lp_old [N,T] (when absent, the
         stop-gradient of the current log-probs: one update per rollout),
         lp_ref [N,T] (needed when the KL is in the loss).
       model_cfg: the policy's model config.
@@ -132,10 +138,13 @@ def loss_fn(
         temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
     )
     lp_old = batch["lp_old"] if "lp_old" in batch else jax.lax.stop_gradient(lp)
+    adv = batch["adv"]
+    if adv.ndim not in (1, 2):
+        raise ValueError(f"batch['adv'] must be [N] or [N,T] advantages, got shape {adv.shape}.")
     l, ind = losses.clipped_surrogate(
         lp,
         lp_old,
-        batch["adv"][:, None].astype(lp.dtype),
+        (adv[:, None] if adv.ndim == 1 else adv).astype(lp.dtype),
         cfg.eps_lo,
         cfg.eps_hi,
         cfg.dual_clip if cfg.dual_clip else None,

@@ -1,0 +1,251 @@
+"""Process rewards for GRPO: step scores to token advantages (DESIGN.md section 6).
+
+The `grpo.process` config section (off by default, `source="none"`) replaces
+GRPO's one advantage per response by token advantages [N, T] built from
+per-step scores p_s in [0, 1]:
+
+1. Scores come from a programmatic checker of the chain task
+   (`source="strict"`: the ground truth; `"lenient"`: an exploitable "PRM"
+   that pays every correct-looking step, `rl_lm.rewards.steps`) or from a
+   learned discriminative PRM (`"prm"`, the checkpoint of a
+   configs/prm_chain.py run in `prm_workdir`; p = sigmoid of its head).
+2. Step reward r_s = 2 p_s - 1 in [-1, 1]: PURE's p(+) - p(-) for a binary
+   PRM, so a step judged wrong costs as much as a right one earns.
+3. Transform ("none", "clip", "delta"), then a baseline within each prompt's
+   group: "group_norm" (DeepSeekMath's GRPO process supervision: all step
+   rewards of the group normalized by their mean and std), "loo" (PURE: each
+   row's steps lose the mean step reward of the other rows), or "none".
+   Both baselines are per-group affine maps of r, so under the strict min-form
+   they commute with the min: the return is the min of the normalized rewards.
+4. Credit form over steps ("sum", "min", "soft_min"): returns G_s, and every
+   token of step s gets A_t = G_s (`core.steps.steps_to_tokens`).
+5. Outcome: A_t += outcome_weight * the GRPO sequence advantage of the
+   verifiable reward (estimator `grpo.advantage`; PURE used leave-one-out,
+   `grpo.advantage="rloo"`), on every response token, i.e. added at EOS with
+   gamma = 1. PURE's "PRM + 10% verifiable rewards" is taken here as
+   outcome_weight = 0.1 on top of process_weight = 1.
+
+Steps are segmented in jitted code on the sampled tokens (`segment_steps`),
+which is the truth for the step slots; host scores are read into those slots.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from ml_collections import config_dict
+
+from rl_lm.core import credit
+from rl_lm.core import steps as core_steps
+
+SOURCES = ("none", "strict", "lenient", "prm")
+BASELINES = ("group_norm", "loo", "none")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The `grpo.process` section; `source="none"` keeps plain GRPO."""
+    return ml_collections.ConfigDict(
+        {
+            "source": "none",  # none | strict | lenient | prm
+            "form": "sum",  # sum | min | soft_min
+            "transform": "none",  # none | clip | delta
+            "gamma": 1.0,  # sum-form discount per step
+            "temperature": 0.1,  # soft_min temperature (PURE: 0.1)
+            "eta": 0.0,  # Clip threshold
+            "baseline": "group_norm",  # group_norm | loo | none
+            "process_weight": 1.0,
+            "outcome_weight": 0.0,  # weight of the verifiable reward's advantage
+            "max_steps": 8,  # step slots S; extra steps merge into the last
+            "delimiter": "\n",  # one token ends a step
+            "prm_workdir": config_dict.placeholder(str),  # source="prm": a prm_chain run
+        }
+    )
+
+
+def enabled(cfg: Any) -> bool:
+    """Whether `cfg` (a `grpo.process` section, or None) turns process rewards on."""
+    return cfg is not None and cfg.source != "none"
+
+
+def validate(cfg: Any, grpo_cfg: Any) -> list[str]:
+    """The problems of a `grpo.process` section (empty when fine)."""
+    problems = []
+    if cfg.source not in SOURCES:
+        problems.append(f"grpo.process.source={cfg.source!r} not in {SOURCES}")
+    if cfg.form not in credit.CREDIT_FORMS:
+        problems.append(f"grpo.process.form={cfg.form!r} not in {sorted(credit.CREDIT_FORMS)}")
+    if cfg.transform not in credit.STEP_TRANSFORMS:
+        problems.append(
+            f"grpo.process.transform={cfg.transform!r} not in {sorted(credit.STEP_TRANSFORMS)}"
+        )
+    if cfg.baseline not in BASELINES:
+        problems.append(f"grpo.process.baseline={cfg.baseline!r} not in {BASELINES}")
+    if cfg.temperature <= 0:
+        problems.append(f"grpo.process.temperature={cfg.temperature} must be > 0")
+    if not isinstance(cfg.max_steps, int) or cfg.max_steps < 1:
+        problems.append(f"grpo.process.max_steps={cfg.max_steps!r} must be an int >= 1")
+    if not enabled(cfg):
+        return problems
+    if cfg.source == "prm" and not cfg.get("prm_workdir"):
+        problems.append(
+            "grpo.process.source='prm' needs grpo.process.prm_workdir (a configs/prm_chain.py run)"
+        )
+    if grpo_cfg.dynamic_sampling:
+        problems.append(
+            "grpo.dynamic_sampling filters groups by the outcome reward; turn it off with "
+            "process rewards"
+        )
+    if grpo_cfg.kl_placement == "reward":
+        problems.append(
+            "grpo.kl_placement='reward' is a sequence reward; with process rewards put the KL "
+            "in the loss (kl_placement='loss')"
+        )
+    return problems
+
+
+def step_args(cfg: Any, tokenizer: Any) -> dict[str, Any]:
+    """segment_steps' static arguments: delimiter_ids, max_steps, eos_id."""
+    ids = tokenizer.encode(cfg.delimiter)
+    if len(ids) != 1:
+        raise ValueError(
+            f"grpo.process.delimiter={cfg.delimiter!r} is {len(ids)} tokens with {tokenizer!r}; "
+            "a step delimiter must be exactly one token (e.g. '\\n' with the byte tokenizer)."
+        )
+    return {"delimiter_ids": tuple(ids), "max_steps": cfg.max_steps, "eos_id": tokenizer.eos_id}
+
+
+def read_into_slots(scores_NxS: np.ndarray, host_mask_NxS: np.ndarray, num_steps_N: np.ndarray):
+    """Host scores placed in the jitted step slots, and the rows whose step counts differ.
+
+    The two agree except where a response ends in tokens the text decoding drops
+    (a special token after a final newline, say): the tokens' extra step then
+    scores 0, a wrong step.
+
+    Returns:
+        (scores_NxS with 0 where the host had no step, mismatch_N bool).
+    """
+    return np.where(host_mask_NxS, scores_NxS, 0).astype(np.float32), (
+        host_mask_NxS.sum(1) != np.asarray(num_steps_N)
+    )
+
+
+def token_advantages(
+    scores_NxS: jax.Array,
+    tokens_NxT: jax.Array,
+    m_NxT: jax.Array,
+    outcome_adv_N: jax.Array,
+    *,
+    group_size: int,
+    form: str,
+    transform: str = "none",
+    gamma: float = 1.0,
+    temperature: float = 0.1,
+    eta: float = 0.0,
+    baseline: str = "group_norm",
+    process_weight: float = 1.0,
+    outcome_weight: float = 0.0,
+    delimiter_ids: tuple[int, ...] = (10,),
+    max_steps: int = 8,
+    eos_id: int | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Token advantages from step scores; jit with everything after `*` static.
+
+    Args:
+        scores_NxS: step scores p in [0, 1] in `segment_steps`' slots (absent
+            steps are never read).
+        tokens_NxT: sampled response tokens.
+        m_NxT: response mask (through EOS).
+        outcome_adv_N: sequence advantages of the verifiable reward.
+        group_size: G completions per prompt (rows prompt-major).
+        form, transform, gamma, temperature, eta: see `credit.step_returns`.
+        baseline: "group_norm", "loo" or "none" (module docstring).
+        process_weight, outcome_weight: weights of the two advantages.
+        delimiter_ids, max_steps, eos_id: as in `segment_steps`.
+
+    Returns:
+        (adv_NxT, 0 off the mask; per-row stats: num_steps_N, overflow_N,
+        return_N = the first step's return of 2p - 1 under `form` and
+        `transform` before any baseline, score_sum_N and score_min_N of p).
+    """
+    st = core_steps.segment_steps(tokens_NxT, m_NxT, delimiter_ids, max_steps, eos_id)
+    mask_NxS = st.step_mask_NxS
+    r_NxS = jnp.where(mask_NxS, 2.0 * scores_NxS.astype(jnp.float32) - 1.0, 0.0)
+    r_NxS = credit.STEP_TRANSFORMS[transform](r_NxS, mask_NxS, eta)
+    raw_G_NxS = credit.CREDIT_FORMS[form](r_NxS, mask_NxS, gamma, temperature)
+    if baseline == "group_norm":
+        r_NxS = credit.group_normalize_steps(r_NxS, mask_NxS, group_size)
+    elif baseline == "loo":
+        r_NxS = credit.subtract_loo_mean(r_NxS, mask_NxS, group_size)
+    elif baseline != "none":
+        raise ValueError(f"unknown process baseline {baseline!r}; choose one of {BASELINES}.")
+    G_NxS = credit.CREDIT_FORMS[form](r_NxS, mask_NxS, gamma, temperature)
+    process_NxT = core_steps.steps_to_tokens(G_NxS, st.token_step_NxT)
+    adv_NxT = credit.combine_with_outcome(
+        process_NxT, outcome_adv_N, m_NxT, process_weight, outcome_weight
+    )
+    p_NxS = scores_NxS.astype(jnp.float32)
+    stats = {
+        "num_steps_N": st.num_steps_N,
+        "overflow_N": st.overflow_N,
+        "return_N": raw_G_NxS[:, 0],
+        "score_sum_N": jnp.sum(jnp.where(mask_NxS, p_NxS, 0), axis=1),
+        "score_min_N": jnp.min(jnp.where(mask_NxS, p_NxS, jnp.inf), axis=1),
+    }
+    return adv_NxT, stats
+
+
+def advantage_kwargs(cfg: Any, group_size: int, step_arguments: dict[str, Any]) -> dict[str, Any]:
+    """`token_advantages`' static keyword arguments from a `grpo.process` section."""
+    return dict(
+        group_size=group_size,
+        form=cfg.form,
+        transform=cfg.transform,
+        gamma=cfg.gamma,
+        temperature=cfg.temperature,
+        eta=cfg.eta,
+        baseline=cfg.baseline,
+        process_weight=cfg.process_weight,
+        outcome_weight=cfg.outcome_weight,
+        **step_arguments,
+    )
+
+
+def prm_model_config(model: Any) -> Any:
+    """The PRM's ModelConfig: the policy's `model` section with a scalar head, no LM head."""
+    from rl_lm.algos import common
+
+    fields = model.to_dict() if hasattr(model, "to_dict") else dict(model)
+    return common.model_config({**fields, "lm_head": False, "scalar_head": True})
+
+
+def load_prm(workdir: str, model: Any) -> tuple[Any, Any]:
+    """(params, ModelConfig) of a finished PRM run; `model` is the policy's model section.
+
+    The PRM has the policy's trunk shape with a scalar head instead of the LM
+    head (configs/prm_chain.py).
+    """
+    from pathlib import Path
+
+    from rl_lm.models.transformer import init_params
+    from rl_lm.train.checkpoint import load_state
+
+    prm_cfg = prm_model_config(model)
+    ckpt = Path(workdir).absolute() / "checkpoints"
+    if not ckpt.is_dir():
+        raise FileNotFoundError(
+            f"grpo.process.prm_workdir={workdir!r} has no checkpoints/; point it at a finished "
+            "configs/prm_chain.py run."
+        )
+    state, _ = load_state(ckpt)
+    params = jax.device_get(state["params"])
+    want = jax.eval_shape(lambda: init_params(prm_cfg, jax.random.key(0)))
+    if jax.tree.map(jnp.shape, params) != jax.tree.map(jnp.shape, want):
+        raise ValueError(
+            f"the PRM in {workdir!r} does not match the policy's model shape with a scalar head; "
+            "train the PRM with the policy's model fields."
+        )
+    return params, prm_cfg
