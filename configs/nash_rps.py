@@ -65,7 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         eval=ml_collections.ConfigDict(dict(num_examples=64, batch_size=64, seed=0)),
     )
     if arg.algo == "dpo":
-        config.data.update(name="rps_pref/pairs", batch_size=64, max_len=28)
+        config.data.update(name="rps_pref/pairs", batch_size=64, max_len=28, truncate=False)
         config.dpo = dpo_loss.default_config()
         config.dpo.update(beta=BETA, reference="online")
         config.eval.update(max_new_tokens=10, greedy=False)

@@ -60,11 +60,15 @@ def test_warm_start_stages_have_the_models_shapes(name, arg):
         stage = stage.get("warm_start")
 
 
+# Config arguments that switch to another trainer or data path than the default's.
+VARIANTS = [("nash_rps.py", "algo=dpo"), ("nash_rps.py", "algo=nash_md")]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", CONFIGS)
-def test_runlocal_runs_two_steps(name, data_dir, tmp_path):
+@pytest.mark.parametrize("name, arg", [(n, "") for n in CONFIGS] + VARIANTS)
+def test_runlocal_runs_two_steps(name, arg, data_dir, tmp_path):
     out = _launch(
-        f"--config=configs/{name}:runlocal",
+        f"--config=configs/{name}:runlocal" + (f",{arg}" if arg else ""),
         f"--workdir={tmp_path}",
         "--config.train.num_steps=2",
         data_dir=data_dir,
