@@ -6,6 +6,14 @@ reference (and, for several updates per rollout, old-policy) log-probs, then
 run num_epochs x num_minibatches jitted optimizer steps on the rollout with
 lp_old fixed. The loss itself is `rl_lm.algos.grpo_loss.loss_fn`.
 
+With `grpo.reward_source` = "reward_model" the sequence reward is a learned
+Bradley-Terry reward model's score (`config.reward_model`, as PPO's; see
+`rl_lm.algos.rm_rewards`), with "both" the sum of that score and the verifiable
+rewards; the reward model's params ride in the state as `rm_params`. On tasks
+with a hidden true reward (sort_pref) each rollout's true reward is logged next
+to the learned one, and evaluation is the win rate over the reference (kept in
+the state for it) instead of exact match.
+
 With `grpo.process.source` set, the advantages are per token instead: step
 scores (a programmatic checker or a learned PRM) go through a credit form
 (sum / min / soft-min) to token advantages, plus a weighted outcome advantage
@@ -29,7 +37,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rl_lm import parallel
-from rl_lm.algos import common, evaluation, grpo_loss, process_rewards
+from rl_lm.algos import common, grpo_loss, preference_eval, process_rewards, rm_rewards
 from rl_lm.core import advantages
 from rl_lm.data import load_source, prompt_batches
 from rl_lm.models.tokenizer import check_vocab, load_tokenizer
@@ -40,6 +48,8 @@ from rl_lm.sampling.logprobs import response_logprobs
 from rl_lm.sampling.sampler import make_sampler
 
 _ROLLOUT_KEYS = ("prompt", "prompt_mask", "response", "mask")
+# Per-row reward terms a rollout may carry; their rollout means are logged.
+_REWARD_TERMS = ("reward_learned", "reward_verifiable", "reward_true")
 
 
 def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> common.Trainer:
@@ -72,21 +82,35 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     train_source = load_source(data.name, "train", data_dir=data.data_dir)
     test_source = load_source(data.name, "test", data_dir=data.data_dir)
     reward_fn = verifiable.combine(dict(cfg.rewards))
+    rm_cfg = rm_rewards.model_config(config, cfg.reward_source, "grpo.reward_source")
+    use_rm = rm_cfg is not None
+    use_verifiable = cfg.reward_source != "reward_model"
+    rm_scores = rm_rewards.make_scorer(rm_cfg, mesh) if use_rm else None
+    true_reward = rm_rewards.make_true_reward(data.name, tokenizer)
     use_ref = cfg.beta > 0 and cfg.kl_placement != "none"
+    # The preference evaluation compares with the reference, whatever the loss does.
+    keep_ref = use_ref or preference_eval.judge_for(data.name) is not None
     process = _make_process(cfg, config.model, tokenizer, mesh)
 
     num_updates = train.num_steps * updates_per_rollout
     optimizer = common.make_optimizer(config.optim, num_updates)
     param_specs = partition_specs(model_cfg, config.rules)
 
-    def init_fn(rng):
+    def init_fn(rng, rm_params):
         params = init_from if init_from is not None else init_params(model_cfg, rng)
-        extras = {"ref_params": params} if use_ref else {}
+        extras = {"ref_params": params} if keep_ref else {}
+        if rm_params is not None:
+            extras["rm_params"] = rm_params
         return common.new_state(params, optimizer, rng, **extras)
 
     param_keys = ("params", "ref_params")
-    init_state, abstract_state, shardings = common.sharded_init(
-        mesh, init_fn, lambda a: common.state_specs(a, param_specs, optimizer, param_keys)
+    init_state, abstract_state, shardings = rm_rewards.sharded_init(
+        config,
+        mesh,
+        init_fn,
+        lambda a: common.state_specs(a, param_specs, optimizer, param_keys),
+        rm_cfg,
+        init_from,
     )
     loss = functools.partial(grpo_loss.loss_fn, model_cfg=model_cfg, cfg=cfg)
     schedule = common.learning_rate_schedule(config.optim, num_updates)
@@ -133,12 +157,12 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         # Every process reads the whole global batch (cheap: prompts only).
         return global_prompts(0, start_step)
 
-    def rollout(params, prompts, key):
-        """Samples and scores one global prompt batch; all on the host but sampling."""
+    def rollout(state, prompts, key):
+        """Samples and scores one global prompt batch; on the host but sampling and the RM."""
         lo, hi = parallel.process_rows(mesh, b)
         local = {k: prompts[k][lo:hi] for k in ("prompt", "prompt_mask")}
         arrays = parallel.shard_batch(local, mesh, b)
-        out = sampler(params, arrays["prompt"], arrays["prompt_mask"], key)
+        out = sampler(state["params"], arrays["prompt"], arrays["prompt_mask"], key)
         host = {
             "prompt": parallel.to_host(out.prompt),
             "prompt_mask": parallel.to_host(out.prompt_mask),
@@ -157,16 +181,30 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
                 cfg.process.max_steps,
                 checker=process["checker"],
             )
-        host["reward"] = reward_fn(texts, list(answers)) + grpo_loss.overlong_penalty(
+        reward_N = grpo_loss.overlong_penalty(
             host["mask"].sum(1), cfg.max_new_tokens, cfg.overlong_cache
         )
+        if use_verifiable:
+            checked_N = reward_fn(texts, list(answers))
+            reward_N = checked_N + reward_N
+            if use_rm:
+                host["reward_verifiable"] = checked_N
+        if use_rm:
+            lo, hi = parallel.process_rows(mesh, n)
+            rows = parallel.shard_batch({k: host[k][lo:hi] for k in _ROLLOUT_KEYS}, mesh, n)
+            host["reward_learned"] = parallel.to_host(rm_scores(state["rm_params"], rows))
+            reward_N = reward_N + host["reward_learned"]
+        if true_reward is not None:
+            host["reward_true"] = true_reward(prompts, texts)
+        host["reward"] = reward_N
         return host
 
     def collect(state, prompts, rollout_index):
         """One rollout, refilled with fresh prompts under DAPO dynamic sampling."""
         key = jax.random.fold_in(jax.random.key(config.seed), rollout_index)
-        host = rollout(state["params"], prompts, jax.random.fold_in(key, 0))
+        host = rollout(state, prompts, jax.random.fold_in(key, 0))
         stats = {"reward": host["reward"].mean(), "correct": host["correct"].mean()}
+        stats.update({k: host[k].mean() for k in _REWARD_TERMS if k in host})
         if not cfg.dynamic_sampling:
             return host, stats
         keep = grpo_loss.group_has_spread(host["reward"].reshape(b, g))
@@ -175,7 +213,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
             if sum(len(x["reward"]) for x in groups) >= n:
                 break
             extra_prompts = next(global_prompts(attempt, rollout_index))
-            extra = rollout(state["params"], extra_prompts, jax.random.fold_in(key, attempt))
+            extra = rollout(state, extra_prompts, jax.random.fold_in(key, attempt))
             groups.append(
                 _take_groups(extra, grpo_loss.group_has_spread(extra["reward"].reshape(b, g)), g)
             )
@@ -252,21 +290,12 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
             time_update=t3 - t2,
             tokens=float(host["mask"].sum()),
         )
-        if "kept_groups" in stats:
-            metrics["kept_groups"] = float(stats["kept_groups"])
+        for name in ("kept_groups", *_REWARD_TERMS):
+            if name in stats:
+                metrics[name] = float(stats[name])
         return state, metrics
 
-    heldout = evaluation.make_exact_match_eval(
-        mesh,
-        model_cfg,
-        tokenizer,
-        test_source,
-        num_examples=config.eval.num_examples,
-        batch_size=config.eval.batch_size,
-        max_prompt_len=data.max_prompt_len,
-        max_new_tokens=config.eval.max_new_tokens,
-        seed=config.eval.seed,
-    )
+    policy_eval = rm_rewards.make_policy_eval(config, mesh, model_cfg, tokenizer, test_source)
     return common.Trainer(
         mesh=mesh,
         init_state=init_state,
@@ -274,7 +303,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         state_shardings=shardings,
         batches=batches,
         step=step,
-        evaluate=lambda state: heldout(state["params"]),
+        evaluate=lambda state: policy_eval(state["params"], state.get("ref_params")),
     )
 
 

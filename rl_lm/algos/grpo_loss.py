@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rl_lm.algos import process_rewards
+from rl_lm.algos import process_rewards, rm_rewards
 from rl_lm.core import advantages, aggregation, kl, losses
 from rl_lm.models.config import ModelConfig
 from rl_lm.sampling.logprobs import response_logprobs
@@ -47,7 +47,8 @@ def default_config() -> ml_collections.ConfigDict:
             "dynamic_sampling": False,  # DAPO: drop zero-spread groups and refill
             "max_refills": 4,
             "overlong_cache": 0,  # DAPO soft overlong punishment window L_cache; 0 = off
-            "rewards": {"exact_match": 1.0},
+            "reward_source": "verifiable",  # verifiable | reward_model | both (their sum)
+            "rewards": {"exact_match": 1.0},  # weights of rl_lm.rewards.verifiable
             "logprob_chunk": 64,
             # Process rewards (token advantages from step scores); off by default.
             "process": process_rewards.default_config(),
@@ -68,6 +69,8 @@ def validate(cfg: Any) -> None:
         problems.append(
             f"grpo.aggregation={cfg.aggregation!r} not in {aggregation.AGGREGATION_MODES}"
         )
+    if cfg.reward_source not in rm_rewards.SOURCES:
+        problems.append(f"grpo.reward_source={cfg.reward_source!r} not in {rm_rewards.SOURCES}")
     if cfg.kl_placement not in KL_PLACEMENTS:
         problems.append(f"grpo.kl_placement={cfg.kl_placement!r} not in {KL_PLACEMENTS}")
     if cfg.ratio_level not in ("token", "sequence"):

@@ -17,28 +17,26 @@ ppo.critic = "value_head"), "critic": the separate critic}, ref_params,
 rm_params (when rewards come from the reward model), kl_coef (beta) and
 reward_stats (running reward statistics), so a resumed run continues exactly.
 
-The reward model comes from `config.reward_model`: `workdir`, a finished
-reward-model run (its latest checkpoint), or else `stage`, a reward-model
-experiment trained here on a fresh start, from the policy's starting trunk (the
-SFT warm start), before the first PPO step. The stage is not checkpointed on its
-own; its result is in every PPO checkpoint.
+The reward model comes from `config.reward_model` (`rl_lm.algos.rm_rewards`):
+`workdir`, a finished reward-model run (its latest checkpoint), or else `stage`,
+a reward-model experiment trained here on a fresh start, from the policy's
+starting trunk (the SFT warm start), before the first PPO step. The stage is not
+checkpointed on its own; its result is in every PPO checkpoint.
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from jax.sharding import Mesh
 
 from rl_lm import parallel
-from rl_lm.algos import common, evaluation, grpo, ppo_loss, preference_eval, reward_model
+from rl_lm.algos import common, grpo, ppo_loss, reward_model, rm_rewards
 from rl_lm.core.kl import adaptive_kl_update
 from rl_lm.data import load_source, prompt_batches
 from rl_lm.models.config import ModelConfig
@@ -56,56 +54,11 @@ def _models(config: Any) -> tuple[ModelConfig, ModelConfig | None, ModelConfig |
     cfg = config.ppo
     base = common.model_config(config.model)
     policy_cfg = base.replace(scalar_head=cfg.critic == "value_head")
-    rm_cfg = None
-    if cfg.reward.source != "verifiable":
-        section = config.get("reward_model")
-        if section is None:
-            raise ValueError(
-                f"ppo.reward.source={cfg.reward.source!r} needs a reward_model section "
-                "(model, workdir or stage; see configs/ppo_synthetic.py)."
-            )
-        rm_cfg = common.model_config(section.model)
-        if not rm_cfg.scalar_head:
-            raise ValueError("reward_model.model needs scalar_head=True.")
+    rm_cfg = rm_rewards.model_config(config, cfg.reward.source, "ppo.reward.source")
     critic_cfg = None
     if cfg.critic == "separate":
         critic_cfg = rm_cfg or base.replace(lm_head=False, scalar_head=True, tie_embeddings=False)
     return policy_cfg, critic_cfg, rm_cfg
-
-
-def load_reward_model(config: Any, mesh: Mesh, init_from: Params | None) -> Params:
-    """The reward model's params: from reward_model.workdir, or trained from reward_model.stage."""
-    section = config.reward_model
-    rm_cfg = common.model_config(section.model)
-    if section.get("workdir"):
-        from rl_lm.train.checkpoint import load_state
-
-        state, step = load_state(Path(section.workdir).absolute() / "checkpoints")
-        params = jax.device_get(state["params"])
-        want = jax.eval_shape(lambda: init_params(rm_cfg, jax.random.key(0)))
-        if jax.tree.map(jnp.shape, params) != jax.tree.map(jnp.shape, want):
-            raise ValueError(
-                f"the checkpoint of reward_model.workdir={section.workdir!r} does not match "
-                "reward_model.model; give reward_model.model the reward model run's model fields."
-            )
-        logging.info("Reward model: step %d of %s.", step, section.workdir)
-        return params
-    stage = section.get("stage")
-    if stage is None:
-        raise ValueError(
-            "rewards from a reward model need reward_model.workdir (a finished reward-model "
-            "run) or reward_model.stage (a reward-model experiment to train first)."
-        )
-    if common.model_config(stage.model) != rm_cfg:
-        raise ValueError("reward_model.stage.model must equal reward_model.model.")
-    trainer = reward_model.make_trainer(stage, mesh, init_from)
-    state = trainer.init_state(jax.random.PRNGKey(stage.seed))
-    batches = trainer.batches(0)
-    for _ in range(stage.train.num_steps):
-        state, _ = trainer.step(state, next(batches))
-    result = trainer.evaluate(state)
-    print(f"Reward model stage ({stage.train.num_steps} steps): held-out {result}", flush=True)
-    return jax.device_get(state["params"])
 
 
 def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> common.Trainer:
@@ -145,8 +98,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     use_rm = rm_cfg is not None
     use_verifiable = cfg.reward.source != "reward_model"
     verifiable_fn = verifiable.combine(dict(cfg.reward.verifiable)) if use_verifiable else None
-    judged = preference_eval.judge_for(data.name)
-    true_reward = judged[1] if judged is not None else None
+    true_reward = rm_rewards.make_true_reward(data.name, tokenizer)
 
     num_updates = train.num_steps * updates_per_rollout
     optimizer = common.make_optimizer(config.optim, num_updates)
@@ -154,7 +106,6 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     param_specs = {"policy": policy_specs}
     if critic_cfg is not None:
         param_specs["critic"] = partition_specs(critic_cfg, config.rules)
-    rm_specs = partition_specs(rm_cfg, config.rules) if use_rm else None
 
     def init_fn(rng, rm_params):
         k_policy, k_critic = jax.random.split(jax.random.fold_in(rng, 1))
@@ -182,27 +133,11 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     def specs_fn(abstract):
         specs = common.state_specs(abstract, param_specs, optimizer)
         specs["ref_params"] = policy_specs
-        if use_rm:
-            specs["rm_params"] = rm_specs
         return specs
 
-    def template_init(rng):  # The shapes of a state; its reward model is a placeholder.
-        return init_fn(rng, init_params(rm_cfg, rng) if use_rm else None)
-
-    placeholder_init, abstract_state, shardings = common.sharded_init(mesh, template_init, specs_fn)
-    if use_rm:
-        rm_init = jax.jit(
-            init_fn,
-            in_shardings=(parallel.replicated(mesh), parallel.named(mesh, rm_specs)),
-            out_shardings=shardings,
-        )
-
-        def init_state(rng):
-            return rm_init(rng, load_reward_model(config, mesh, init_from))
-
-    else:
-        init_state = placeholder_init
-
+    init_state, abstract_state, shardings = rm_rewards.sharded_init(
+        config, mesh, init_fn, specs_fn, rm_cfg, init_from
+    )
     loss = functools.partial(
         ppo_loss.loss_fn, policy_cfg=policy_cfg, cfg=cfg, critic_cfg=critic_cfg
     )
@@ -237,12 +172,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         ),
         out_shardings=rows,
     )
-    rm_scores = jax.jit(
-        lambda params, batch: reward_model.score_responses(
-            params, rm_cfg, *(batch[k] for k in _ROLLOUT_KEYS)
-        ),
-        out_shardings=rows,
-    )
+    rm_scores = rm_rewards.make_scorer(rm_cfg, mesh) if use_rm else None
     targets = jax.jit(
         lambda score, lp, lp_ref, values, m, beta: ppo_loss.rollout_targets(
             score, lp, lp_ref, values, m, beta, cfg
@@ -288,8 +218,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
             score += checked
             stats["reward_verifiable"] = float(checked.mean())
         if true_reward is not None:
-            prompt_texts = tokenizer.decode_batch(prompts["prompt"], prompts["prompt_mask"])
-            truth = true_reward(list(np.repeat(np.asarray(prompt_texts, object), g)), texts)
+            truth = true_reward(prompts, texts)
             stats["reward_true"] = float(truth.mean())
         return arrays, score, stats, host["mask"]
 
@@ -342,7 +271,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         )
         return state, metrics
 
-    evaluate = _make_evaluate(config, mesh, policy_cfg, tokenizer, test_source)
+    policy_eval = rm_rewards.make_policy_eval(config, mesh, policy_cfg, tokenizer, test_source)
     return common.Trainer(
         mesh=mesh,
         init_state=init_state,
@@ -350,42 +279,5 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         state_shardings=shardings,
         batches=batches,
         step=step,
-        evaluate=evaluate,
+        evaluate=lambda state: policy_eval(state["params"]["policy"], state["ref_params"]),
     )
-
-
-def _make_evaluate(config, mesh, policy_cfg, tokenizer, test_source):
-    """The held-out evaluation: state -> {name: float}.
-
-    On preference tasks with a ground truth (sort_pref): the win rate over the
-    reference under the true reward, the mean true reward and the sequence KL
-    (`preference_eval.make_sample_eval`); otherwise greedy exact-match accuracy.
-    """
-    data, ev = config.data, config.eval
-    if preference_eval.judge_for(data.name) is not None:
-        sample_eval = preference_eval.make_sample_eval(
-            mesh,
-            policy_cfg,
-            tokenizer,
-            test_source,
-            data.name,
-            num_examples=ev.num_examples,
-            batch_size=ev.batch_size,
-            max_prompt_len=data.max_prompt_len,
-            max_new_tokens=ev.max_new_tokens,
-            greedy=ev.greedy,
-            seed=ev.seed,
-        )
-        return lambda state: sample_eval(state["params"]["policy"], state["ref_params"])
-    heldout = evaluation.make_exact_match_eval(
-        mesh,
-        policy_cfg,
-        tokenizer,
-        test_source,
-        num_examples=ev.num_examples,
-        batch_size=ev.batch_size,
-        max_prompt_len=data.max_prompt_len,
-        max_new_tokens=ev.max_new_tokens,
-        seed=ev.seed,
-    )
-    return lambda state: heldout(state["params"]["policy"])

@@ -18,13 +18,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from rl_lm.algos import rm_rewards
 from rl_lm.core import aggregation, gae, kl, losses, masks
 from rl_lm.models.config import ModelConfig
 from rl_lm.models.transformer import Params, forward, scalar
 from rl_lm.sampling.logprobs import hidden_logprobs
 
 CRITICS = ("value_head", "separate")
-REWARD_SOURCES = ("reward_model", "verifiable", "both")
+REWARD_SOURCES = rm_rewards.SOURCES
 REWARD_NORMALIZATIONS = ("none", "batch", "running")
 
 sg = jax.lax.stop_gradient

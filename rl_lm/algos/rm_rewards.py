@@ -1,0 +1,208 @@
+"""Learned rewards for the on-policy trainers (PPO, GRPO): the reward model and its evaluation.
+
+A trainer whose reward source is "reward_model" or "both" (the learned score
+plus the verifiable rewards) reads the top-level `config.reward_model` section:
+`model`, the reward model's fields (scalar_head=True), and either `workdir`, a
+finished reward-model run (its latest checkpoint), or `stage`, a reward-model
+experiment trained on a fresh start, from the policy's starting trunk (the SFT
+warm start), before the first step. The reward model's params ride in the train
+state as `rm_params`, so a checkpoint holds them and a resumed run reloads
+nothing. On tasks with a hidden true reward (sort_pref) the trainers log it per
+rollout next to the learned one, and evaluate by win rate over the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from rl_lm import parallel
+from rl_lm.algos import common, evaluation, preference_eval, reward_model
+from rl_lm.models.config import ModelConfig
+from rl_lm.models.transformer import Params, init_params, partition_specs
+
+SOURCES = ("reward_model", "verifiable", "both")
+
+
+def model_config(config: Any, source: str, field: str) -> ModelConfig | None:
+    """The reward model's ModelConfig when reward `source` needs one, else None.
+
+    Args:
+      config: the experiment config.
+      source: one of SOURCES.
+      field: the config field `source` came from, for error messages.
+    """
+    if source == "verifiable":
+        return None
+    section = config.get("reward_model")
+    if section is None:
+        raise ValueError(
+            f"{field}={source!r} needs a reward_model section "
+            "(model, workdir or stage; see configs/ppo_synthetic.py)."
+        )
+    rm_cfg = common.model_config(section.model)
+    if not rm_cfg.scalar_head:
+        raise ValueError("reward_model.model needs scalar_head=True.")
+    return rm_cfg
+
+
+def load_reward_model(config: Any, mesh: Mesh, init_from: Params | None) -> Params:
+    """The reward model's params: from reward_model.workdir, or trained from reward_model.stage."""
+    section = config.reward_model
+    rm_cfg = common.model_config(section.model)
+    if section.get("workdir"):
+        from rl_lm.train.checkpoint import load_state
+
+        state, step = load_state(Path(section.workdir).absolute() / "checkpoints")
+        params = jax.device_get(state["params"])
+        want = jax.eval_shape(lambda: init_params(rm_cfg, jax.random.key(0)))
+        if jax.tree.map(jnp.shape, params) != jax.tree.map(jnp.shape, want):
+            raise ValueError(
+                f"the checkpoint of reward_model.workdir={section.workdir!r} does not match "
+                "reward_model.model; give reward_model.model the reward model run's model fields."
+            )
+        logging.info("Reward model: step %d of %s.", step, section.workdir)
+        return params
+    stage = section.get("stage")
+    if stage is None:
+        raise ValueError(
+            "rewards from a reward model need reward_model.workdir (a finished reward-model "
+            "run) or reward_model.stage (a reward-model experiment to train first)."
+        )
+    if common.model_config(stage.model) != rm_cfg:
+        raise ValueError("reward_model.stage.model must equal reward_model.model.")
+    trainer = reward_model.make_trainer(stage, mesh, init_from)
+    state = trainer.init_state(jax.random.PRNGKey(stage.seed))
+    batches = trainer.batches(0)
+    for _ in range(stage.train.num_steps):
+        state, _ = trainer.step(state, next(batches))
+    result = trainer.evaluate(state)
+    print(f"Reward model stage ({stage.train.num_steps} steps): held-out {result}", flush=True)
+    return jax.device_get(state["params"])
+
+
+def sharded_init(
+    config: Any,
+    mesh: Mesh,
+    init_fn: Callable[[jax.Array, Params | None], common.State],
+    specs_fn: Callable[[common.State], common.State],
+    rm_cfg: ModelConfig | None,
+    init_from: Params | None,
+) -> tuple[Callable[[jax.Array], common.State], common.State, common.State]:
+    """`common.sharded_init` of a state that holds the reward model's params when rm_cfg is set.
+
+    Args:
+      config: the experiment config (its reward_model section).
+      mesh: the mesh.
+      init_fn: (rng, rm_params or None) -> state, with rm_params as its "rm_params".
+      specs_fn: abstract state -> PartitionSpecs of every entry but "rm_params".
+      rm_cfg: the reward model's config; None for a state without one.
+      init_from: the policy's starting params (a reward-model stage starts from them).
+
+    Returns:
+      (init(rng) -> sharded state, abstract state, state shardings). With a
+      reward model, init loads or trains it (`load_reward_model`) first.
+    """
+    rm_specs = partition_specs(rm_cfg, config.rules) if rm_cfg is not None else None
+
+    def all_specs(abstract):
+        specs = specs_fn(abstract)
+        if rm_specs is not None:
+            specs["rm_params"] = rm_specs
+        return specs
+
+    def template_init(rng):  # The shapes of a state; its reward model is a placeholder.
+        return init_fn(rng, init_params(rm_cfg, rng) if rm_cfg is not None else None)
+
+    placeholder_init, abstract, shardings = common.sharded_init(mesh, template_init, all_specs)
+    if rm_cfg is None:
+        return placeholder_init, abstract, shardings
+    rm_init = jax.jit(
+        init_fn,
+        in_shardings=(parallel.replicated(mesh), parallel.named(mesh, rm_specs)),
+        out_shardings=shardings,
+    )
+
+    def init_state(rng):
+        return rm_init(rng, load_reward_model(config, mesh, init_from))
+
+    return init_state, abstract, shardings
+
+
+def make_scorer(rm_cfg: ModelConfig, mesh: Mesh) -> Callable[[Params, dict[str, jax.Array]], Any]:
+    """Jitted (rm_params, sharded rollout rows) -> learned rewards r_N.
+
+    The rows are a dict of the sampler's prompt [N,P], prompt_mask, response [N,T], mask.
+    """
+    return jax.jit(
+        lambda params, batch: reward_model.score_responses(
+            params, rm_cfg, batch["prompt"], batch["prompt_mask"], batch["response"], batch["mask"]
+        ),
+        out_shardings=parallel.batch_sharding(mesh),
+    )
+
+
+def make_true_reward(
+    dataset_name: str, tokenizer: Any
+) -> Callable[[dict[str, np.ndarray], Sequence[str]], np.ndarray] | None:
+    """(global prompt batch of B rows, N = B * G response texts) -> hidden true reward [N].
+
+    None when the dataset has no true reward (`preference_eval.judge_for`).
+    """
+    judged = preference_eval.judge_for(dataset_name)
+    if judged is None or judged[1] is None:
+        return None
+    reward_fn = judged[1]
+
+    def true_reward(prompts, texts):
+        prompt_texts = tokenizer.decode_batch(prompts["prompt"], prompts["prompt_mask"])
+        g = len(texts) // len(prompt_texts)
+        return reward_fn(list(np.repeat(np.asarray(prompt_texts, object), g)), texts)
+
+    return true_reward
+
+
+def make_policy_eval(
+    config: Any, mesh: Mesh, policy_cfg: ModelConfig, tokenizer: Any, test_source: Any
+) -> Callable[[Params, Params | None], dict[str, float]]:
+    """The held-out evaluation of a policy: (params, ref_params) -> {name: float}.
+
+    On preference tasks with a ground truth (sort_pref): the win rate over the
+    reference under the true reward, the mean true reward and the sequence KL
+    (`preference_eval.make_sample_eval`); otherwise greedy exact-match accuracy
+    (the reference is not used).
+    """
+    data, ev = config.data, config.eval
+    if preference_eval.judge_for(data.name) is not None:
+        return preference_eval.make_sample_eval(
+            mesh,
+            policy_cfg,
+            tokenizer,
+            test_source,
+            data.name,
+            num_examples=ev.num_examples,
+            batch_size=ev.batch_size,
+            max_prompt_len=data.max_prompt_len,
+            max_new_tokens=ev.max_new_tokens,
+            greedy=ev.greedy,
+            seed=ev.seed,
+        )
+    heldout = evaluation.make_exact_match_eval(
+        mesh,
+        policy_cfg,
+        tokenizer,
+        test_source,
+        num_examples=ev.num_examples,
+        batch_size=ev.batch_size,
+        max_prompt_len=data.max_prompt_len,
+        max_new_tokens=ev.max_new_tokens,
+        seed=ev.seed,
+    )
+    return lambda params, ref_params: heldout(params)
