@@ -6,7 +6,9 @@ per-step scores p_s in [0, 1]:
 
 1. Scores come from a programmatic checker of the chain task
    (`source="strict"`: the ground truth; `"lenient"`: an exploitable "PRM"
-   that pays every correct-looking step, `rl_lm.rewards.steps`) or from a
+   that pays every correct-looking step; `"local"`: one that checks each
+   step against the line above and the prompt's operations but not their
+   order or count, `rl_lm.rewards.steps`) or from a
    learned discriminative PRM (`"prm"`, the checkpoint of a
    configs/prm_chain.py run in `prm_workdir`; p = sigmoid of its head).
 2. Step reward r_s = 2 p_s - 1 in [-1, 1]: PURE's p(+) - p(-) for a binary
@@ -42,7 +44,7 @@ from ml_collections import config_dict
 from rl_lm.core import credit
 from rl_lm.core import steps as core_steps
 
-SOURCES = ("none", "strict", "lenient", "prm")
+SOURCES = ("none", "strict", "lenient", "local", "prm")
 BASELINES = ("group_norm", "loo", "none")
 
 
@@ -50,7 +52,7 @@ def default_config() -> ml_collections.ConfigDict:
     """The `grpo.process` section; `source="none"` keeps plain GRPO."""
     return ml_collections.ConfigDict(
         {
-            "source": "none",  # none | strict | lenient | prm
+            "source": "none",  # none | strict | lenient | local | prm
             "form": "sum",  # sum | min | soft_min
             "transform": "none",  # none | clip | delta
             "gamma": 1.0,  # sum-form discount per step
