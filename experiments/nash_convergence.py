@@ -15,7 +15,9 @@ population optimum is solved in closed form at the class level too (`dpo_limit`)
 
 writes curves.json (every curve and the final figures) and convergence.png.
 --budget (queries), --methods and --seed select the runs; the SFT model is
-cached in OUTPUT_DIR/sft_params.npz.
+cached in OUTPUT_DIR/sft_params.npz and each finished method's curve in
+OUTPUT_DIR/curve_METHOD.json, so a rerun after a failure only runs what is
+missing (delete the files to start over).
 """
 
 from __future__ import annotations
@@ -183,9 +185,16 @@ def main(argv):
     class_eval = nash_eval.make_class_eval(
         mesh, model_cfg, tokenizer, test, beta=beta, max_prompt_len=16, **sizes
     )
-    curves = {
-        m: run_method(m, c, mesh, init_from, class_eval, ref_params) for m, c in configs.items()
-    }
+    curves = {}
+    for m, c in configs.items():  # Each method's curve is kept as soon as it is done.
+        cached = out / f"curve_{m}.json"
+        key = {"budget": _BUDGET.value, "seed": _SEED.value}
+        if cached.exists() and json.loads(cached.read_text())["key"] == key:
+            curves[m] = json.loads(cached.read_text())["curve"]
+            logging.info("%s: reusing %s", m, cached)
+            continue
+        curves[m] = run_method(m, c, mesh, init_from, class_eval, ref_params)
+        cached.write_text(json.dumps({"key": key, "curve": curves[m]}) + "\n")
 
     # Exact class-level references on the same prompts.
     batch = next(
