@@ -1,0 +1,100 @@
+"""The PURE comparison on the chain task: credit forms and reward sources side by side.
+
+    python -m experiments.pure_summary --runs=sum=runs/local_sum,min=runs/local_min \
+        --out=docs/pure_chain.png
+
+Every run is a configs/pure_chain.py run from one SFT warm start. The figure
+overlays, per step, the accuracy of the temperature-1 training samples
+(`train_accuracy`, smoothed over --smooth steps), the greedy held-out exact
+match (`eval/accuracy`), the steps per response (padding shows here) and the
+first step's return under the run's credit form before any baseline
+(`process_return`: what the policy is paid). A markdown table gives, per run,
+the held-out accuracy at the start and the end and the means of the training
+curves over the first and the last --tail steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from absl import app, flags
+from matplotlib.figure import Figure
+
+from rl_lm import analysis
+
+_RUNS = flags.DEFINE_list("runs", ["sum=runs/local_sum", "min=runs/local_min"], "label=workdir")
+_OUT = flags.DEFINE_string("out", "docs/pure_chain.png", "PNG to write.")
+_SMOOTH = flags.DEFINE_integer("smooth", 20, "Moving-average window of the per-step curves.")
+_TAIL = flags.DEFINE_integer("tail", 50, "Steps averaged at the start and the end of the table.")
+
+METRICS = (
+    ("train_accuracy", "accuracy of training samples (T=1)"),
+    ("eval/accuracy", "held-out greedy exact match"),
+    ("steps_per_response", "steps per response"),
+    ("process_return", "process return (first step)"),
+)
+
+
+def _runs(items: list[str]) -> dict[str, str]:
+    runs = {}
+    for item in items:
+        label, sep, workdir = item.partition("=")
+        if not sep:
+            raise ValueError(f"--runs item {item!r} is not label=workdir.")
+        runs[label] = workdir
+    return runs
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or len(values) < window:
+        return values
+    kernel = np.ones(window) / window
+    head = np.cumsum(values[: window - 1]) / np.arange(1, window)
+    return np.concatenate([head, np.convolve(values, kernel, mode="valid")])
+
+
+def figure(runs: dict[str, str], window: int) -> Figure:
+    fig = Figure(figsize=(14, 3.6))
+    axes = fig.subplots(1, len(METRICS))
+    for label, workdir in runs.items():
+        curves = analysis.load_metrics(workdir)
+        for ax, (key, _) in zip(axes, METRICS, strict=True):
+            if key not in curves:
+                continue
+            c = curves[key]
+            values = c.values if key.startswith("eval/") else _smooth(c.values, window)
+            ax.plot(c.steps, values, label=label, marker="o" if key.startswith("eval/") else None)
+    for ax, (_, title) in zip(axes, METRICS, strict=True):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("GRPO step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def table(runs: dict[str, str], tail: int) -> str:
+    """Markdown: held-out accuracy first -> last eval, training means first -> last `tail` steps."""
+    head = "| run | held-out greedy | T=1 accuracy | steps per response | process return |"
+    lines = [head, "|---" * 5 + "|"]
+    for label, workdir in runs.items():
+        curves = analysis.load_metrics(workdir)
+        ev = curves["eval/accuracy"]
+        cells = [f"{ev.values[0]:.1%} -> {ev.values[-1]:.1%}"]
+        for key in ("train_accuracy", "steps_per_response", "process_return"):
+            c = curves[key]
+            first, last = c.values[c.steps <= tail], c.values[c.steps > c.steps[-1] - tail]
+            cells.append(f"{first.mean():.3g} -> {last.mean():.3g}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    runs = _runs(_RUNS.value)
+    print(table(runs, _TAIL.value))
+    figure(runs, _SMOOTH.value).savefig(_OUT.value, dpi=110)
+    print(f"figure: {_OUT.value}")
+
+
+if __name__ == "__main__":
+    app.run(main)
