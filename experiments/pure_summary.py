@@ -5,7 +5,7 @@
 
 Every run is a configs/pure_chain.py run from one SFT warm start. The figure
 overlays, per step, the accuracy of the temperature-1 training samples
-(`train_accuracy`, smoothed over --smooth steps), the greedy held-out exact
+(`train_accuracy`, smoothed over --smooth logged points), the greedy held-out exact
 match (`eval/accuracy`), the steps per response (padding shows here) and the
 first step's return under the run's credit form before any baseline
 (`process_return`: what the policy is paid). A markdown table gives, per run,
@@ -23,7 +23,7 @@ from rl_lm import analysis
 
 _RUNS = flags.DEFINE_list("runs", ["sum=runs/local_sum", "min=runs/local_min"], "label=workdir")
 _OUT = flags.DEFINE_string("out", "docs/pure_chain.png", "PNG to write.")
-_SMOOTH = flags.DEFINE_integer("smooth", 20, "Moving-average window of the per-step curves.")
+_SMOOTH = flags.DEFINE_integer("smooth", 5, "Moving-average window, in logged points.")
 _TAIL = flags.DEFINE_integer("tail", 50, "Steps averaged at the start and the end of the table.")
 
 METRICS = (

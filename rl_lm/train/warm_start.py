@@ -58,6 +58,10 @@ def _check_shapes(params: Any, config: Any, source: str) -> None:
         )
 
 
+class Preempted(SystemExit):
+    """SIGTERM stopped a warm-start stage; the run stops too (exit status 1, with the message)."""
+
+
 def initial_params(config: Any, workdir: Path, resuming: bool) -> Any | None:
     """The parameters `config` starts from, or None for a fresh initialization.
 
@@ -87,7 +91,12 @@ def initial_params(config: Any, workdir: Path, resuming: bool) -> Any | None:
         stage = workdir / WARM_START_DIR
         logging.info("Warm start: running %s in %s first.", config.warm_start.algo, stage)
         print(f"Warm start ({config.warm_start.algo}) in {stage}", flush=True)
-        train(config.warm_start, stage)
+        if train(config.warm_start, stage)["preempted"]:
+            # Going on would start this run from a half-trained stage, for good.
+            raise Preempted(
+                f"SIGTERM during the warm-start stage in {stage}: its checkpoint is saved; "
+                "rerun the same command to resume it."
+            )
         params = _load_run_params(stage)
         _check_shapes(params, config, "the warm-start stage")
         return params

@@ -12,7 +12,7 @@ import pytest
 
 from configs import sft_arith
 from rl_lm.algos import sft
-from rl_lm.train import loop, registry
+from rl_lm.train import loop, registry, warm_start
 from rl_lm.train.checkpoint import load_state
 from rl_lm.train.metrics import read_metrics
 
@@ -139,3 +139,21 @@ def test_unknown_algo_lists_the_known_ones(data_dir):
     config.algo = "sftt"
     with pytest.raises(ValueError, match="unknown config.algo='sftt'; known algorithms: .*sft"):
         registry.make_trainer(config, None)
+
+
+@pytest.mark.slow
+def test_sigterm_in_a_warm_start_stage_stops_the_run(data_dir, tmp_path, monkeypatch):
+    config = _config(data_dir, num_steps=4, log_every=2, eval_every=4, ckpt_every=2)
+    config.unlock()
+    config.warm_start = _config(data_dir, num_steps=6, log_every=2, eval_every=6, ckpt_every=2)
+    monkeypatch.setitem(registry.ALGOS, "sft", _sigterm_at(3))
+    with pytest.raises(warm_start.Preempted, match="rerun the same command"):
+        loop.train(config, tmp_path)
+    # The stage saved where it stopped; the run itself never started.
+    assert sorted(os.listdir(tmp_path / "warm_start" / "checkpoints")) == ["2", "3"]
+    assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
+
+    monkeypatch.setitem(registry.ALGOS, "sft", sft.make_trainer)
+    result = loop.train(config, tmp_path)
+    assert result["step"] == 4 and not result["preempted"]
+    assert "6" in os.listdir(tmp_path / "warm_start" / "checkpoints")
