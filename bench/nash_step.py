@@ -43,6 +43,7 @@ def iteration_seconds(inner_steps: int, args, data_dir: str) -> tuple[float, flo
         name="rps_pref/sft_train256_test32", data_dir=data_dir, batch_size=args.prompts,
         max_prompt_len=32,
     )  # fmt: skip
+    config.eval.update(num_examples=32, batch_size=32)  # the test split's size; not run
     config.nash.update(
         num_generations=args.samples, max_new_tokens=args.new_tokens,
         num_inner_steps=inner_steps, inner_rollouts=1,
