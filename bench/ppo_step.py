@@ -52,7 +52,7 @@ from jax.sharding import PartitionSpec as P
 from bench import grpo_step
 from bench.grpo_step import _medians, _phase_text
 from rl_lm import parallel
-from rl_lm.algos import common, grpo, ppo_loss, reward_model
+from rl_lm.algos import common, ppo_loss, reward_model
 from rl_lm.core import gae, kl, masks
 from rl_lm.models.config import ModelConfig, get_model_config
 from rl_lm.models.transformer import init_params
@@ -182,9 +182,9 @@ def make_ppo_step(policy, rm, cfg: ModelConfig, mesh: Mesh, args):
         jax.block_until_ready(arrays)
         t5 = time.perf_counter()
         for epoch in range(pcfg.num_epochs):
-            order = grpo._permutation(0, 0, epoch, n, pcfg.num_minibatches)
+            order = common.minibatch_order(0, 0, epoch, n, pcfg.num_minibatches)
             for mb in np.array_split(order, pcfg.num_minibatches):
-                state, metrics = update(state, grpo._gather_rows(arrays, mb, mesh))
+                state, metrics = update(state, common.gather_rows(arrays, mb, mesh))
         metrics = common.host_scalars(metrics)
         t6 = time.perf_counter()
         metrics.update(score=float(score.mean()), tokens=float(host["mask"].sum()))

@@ -22,6 +22,7 @@ gradient of the full optimizer batch, whatever the split.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -319,3 +320,29 @@ def check_batch_size(batch_size: int, mesh: Mesh, num_microbatches: int, name: s
 def host_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
     """Metrics as python floats (blocks on the device)."""
     return {k: float(np.asarray(v)) for k, v in jax.device_get(dict(metrics)).items()}
+
+
+def minibatch_order(seed: int, rollout_index: int, epoch: int, n: int, minibatches: int):
+    """The order of a rollout's n rows in one epoch: a function of (seed, rollout, epoch).
+
+    With one minibatch the rows keep their order (the update sees the whole rollout).
+    """
+    if minibatches == 1:
+        return np.arange(n)
+    rng = np.random.default_rng([seed, rollout_index, epoch])
+    return rng.permutation(n)
+
+
+def gather_rows(arrays: dict[str, jax.Array], rows: np.ndarray, mesh: Mesh):
+    """The given rows of every array of a rollout, batch-sharded (all of them: the arrays)."""
+    if len(rows) == next(iter(arrays.values())).shape[0]:
+        return arrays
+    return _gather_jit(mesh)(arrays, jnp.asarray(rows))
+
+
+@functools.lru_cache(maxsize=8)
+def _gather_jit(mesh: Mesh):
+    return jax.jit(
+        lambda tree, idx: jax.tree.map(lambda x: x[idx], tree),
+        out_shardings=parallel.batch_sharding(mesh),
+    )

@@ -275,9 +275,11 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         jax.block_until_ready(arrays)
         t2 = time.perf_counter()
         for epoch in range(cfg.num_epochs):
-            order = _permutation(config.seed, rollout_index, epoch, n, cfg.num_minibatches)
+            order = common.minibatch_order(
+                config.seed, rollout_index, epoch, n, cfg.num_minibatches
+            )
             for mb in np.array_split(order, cfg.num_minibatches):
-                state, update_metrics = update(state, _gather_rows(arrays, mb, mesh))
+                state, update_metrics = update(state, common.gather_rows(arrays, mb, mesh))
         update_metrics = common.host_scalars(update_metrics)
         t3 = time.perf_counter()
         metrics.update(update_metrics)
@@ -382,24 +384,3 @@ def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
     """Pads with zero rows (an empty response mask: no loss, no denominator)."""
     pad = np.zeros((n - len(x), *x.shape[1:]), x.dtype)
     return np.concatenate([x, pad])
-
-
-def _permutation(seed: int, rollout_index: int, epoch: int, n: int, minibatches: int):
-    if minibatches == 1:
-        return np.arange(n)
-    rng = np.random.default_rng([seed, rollout_index, epoch])
-    return rng.permutation(n)
-
-
-def _gather_rows(arrays: dict[str, jax.Array], rows: np.ndarray, mesh: Mesh):
-    if len(rows) == next(iter(arrays.values())).shape[0]:
-        return arrays
-    return _gather_jit(mesh)(arrays, jnp.asarray(rows))
-
-
-@functools.lru_cache(maxsize=8)
-def _gather_jit(mesh: Mesh):
-    return jax.jit(
-        lambda tree, idx: jax.tree.map(lambda x: x[idx], tree),
-        out_shardings=parallel.batch_sharding(mesh),
-    )

@@ -36,7 +36,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rl_lm import parallel
-from rl_lm.algos import common, grpo, ppo_loss, reward_model, rm_rewards
+from rl_lm.algos import common, ppo_loss, reward_model, rm_rewards
 from rl_lm.core.kl import adaptive_kl_update
 from rl_lm.data import load_source, prompt_batches
 from rl_lm.models.config import ModelConfig
@@ -243,9 +243,11 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         rollout_stats = common.host_scalars({**rollout_stats, "kl_coef": beta})
         t2 = time.perf_counter()
         for epoch in range(cfg.num_epochs):
-            order = grpo._permutation(config.seed, rollout_index, epoch, n, cfg.num_minibatches)
+            order = common.minibatch_order(
+                config.seed, rollout_index, epoch, n, cfg.num_minibatches
+            )
             for mb in np.array_split(order, cfg.num_minibatches):
-                state, update_metrics = update(state, grpo._gather_rows(arrays, mb, mesh))
+                state, update_metrics = update(state, common.gather_rows(arrays, mb, mesh))
         new_beta = rollout_stats["kl_coef"]
         if cfg.kl.adaptive:
             new_beta = float(
