@@ -188,16 +188,24 @@ def bench_ours(params, cfg: ModelConfig, prompts, args, num_devices: int) -> tup
         f"reward {metrics['reward']:.3f}, {metrics['tokens'] / len(prompts) / args.samples:.0f} "
         "tokens per completion"
     )
+    return time_repeats(name, step, state, prompts, args.repeats)
+
+
+def time_repeats(name, step, state, prompts, repeats: int):
+    """Median wall and CPU seconds of `repeats` steps after the first, and the phases' medians.
+
+    `step(state, prompts, key)` returns (state, metrics, {phase: seconds}).
+    """
     rows, totals = [], []
-    for i in range(args.repeats):
+    for i in range(repeats):
         start, cpu = time.perf_counter(), time.process_time()
-        state, metrics, phases = step(state, prompts, jax.random.key(i + 2))
+        state, _, phases = step(state, prompts, jax.random.key(i + 2))
         totals.append((time.perf_counter() - start, time.process_time() - cpu))
         rows.append(phases)
     seconds, cpu = (statistics.median(x) for x in zip(*totals, strict=True))
     phases = _medians(rows)
     print(
-        f"{name}: {seconds:.3f} s per step ({cpu:.3f} s CPU; median of {args.repeats}); by "
+        f"{name}: {seconds:.3f} s per step ({cpu:.3f} s CPU; median of {repeats}); by "
         f"phase, medians in s: {_phase_text(phases)}"
     )
     return seconds, cpu, phases

@@ -39,7 +39,6 @@ import argparse
 import functools
 import importlib
 import os
-import statistics
 import time
 import warnings
 
@@ -50,7 +49,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from bench import grpo_step
-from bench.grpo_step import _medians, _phase_text
+from bench.grpo_step import _phase_text
 from rl_lm import parallel
 from rl_lm.algos import common, ppo_loss, reward_model
 from rl_lm.core import gae, kl, masks
@@ -228,19 +227,7 @@ def bench_ppo(policy, rm, cfg: ModelConfig, prompts, args, num_devices: int) -> 
         f"kl {m['kl']:.2e}, {m['tokens'] / len(prompts) / args.samples:.0f} tokens per "
         f"completion; max |adv, returns - rollout_targets'| = {m['targets_diff']:.1e}"
     )
-    rows, totals = [], []
-    for i in range(args.repeats):
-        start, cpu = time.perf_counter(), time.process_time()
-        state, _, phases = step(state, prompts, jax.random.key(i + 2))
-        totals.append((time.perf_counter() - start, time.process_time() - cpu))
-        rows.append(phases)
-    seconds, cpu = (statistics.median(x) for x in zip(*totals, strict=True))
-    phases = _medians(rows)
-    print(
-        f"{name}: {seconds:.3f} s per step ({cpu:.3f} s CPU; median of {args.repeats}); by "
-        f"phase, medians in s: {_phase_text(phases)}"
-    )
-    return seconds, cpu, phases
+    return grpo_step.time_repeats(name, step, state, prompts, args.repeats)
 
 
 def trl_ppo_line() -> str:
