@@ -346,3 +346,33 @@ def _gather_jit(mesh: Mesh):
         lambda tree, idx: jax.tree.map(lambda x: x[idx], tree),
         out_shardings=parallel.batch_sharding(mesh),
     )
+
+
+def load_run_params(workdir: str, model_cfg: ModelConfig, field: str, hint: str) -> Any:
+    """The latest params of a finished run in `workdir`, checked against `model_cfg`'s shapes.
+
+    Args:
+      workdir: the run's directory (with checkpoints/).
+      model_cfg: the model the params must fit.
+      field: the config field that named `workdir`, for the errors.
+      hint: what to do when the shapes differ, for the error.
+    """
+    from pathlib import Path
+
+    from absl import logging
+
+    from rl_lm.models.transformer import init_params
+    from rl_lm.train.checkpoint import load_state
+
+    ckpt = Path(workdir).absolute() / "checkpoints"
+    if not ckpt.is_dir():
+        raise FileNotFoundError(
+            f"{field}={workdir!r} has no checkpoints/; point it at a finished run's workdir."
+        )
+    state, step = load_state(ckpt)
+    params = jax.device_get(state["params"])
+    want = jax.eval_shape(lambda: init_params(model_cfg, jax.random.key(0)))
+    if jax.tree.map(jnp.shape, params) != jax.tree.map(jnp.shape, want):
+        raise ValueError(f"the checkpoint of {field}={workdir!r} does not match: {hint}")
+    logging.info("%s: step %d of %s.", field, step, workdir)
+    return params

@@ -230,24 +230,14 @@ def load_prm(workdir: str, model: Any) -> tuple[Any, Any]:
     The PRM has the policy's trunk shape with a scalar head instead of the LM
     head (configs/prm_chain.py).
     """
-    from pathlib import Path
-
-    from rl_lm.models.transformer import init_params
-    from rl_lm.train.checkpoint import load_state
+    from rl_lm.algos import common
 
     prm_cfg = prm_model_config(model)
-    ckpt = Path(workdir).absolute() / "checkpoints"
-    if not ckpt.is_dir():
-        raise FileNotFoundError(
-            f"grpo.process.prm_workdir={workdir!r} has no checkpoints/; point it at a finished "
-            "configs/prm_chain.py run."
-        )
-    state, _ = load_state(ckpt)
-    params = jax.device_get(state["params"])
-    want = jax.eval_shape(lambda: init_params(prm_cfg, jax.random.key(0)))
-    if jax.tree.map(jnp.shape, params) != jax.tree.map(jnp.shape, want):
-        raise ValueError(
-            f"the PRM in {workdir!r} does not match the policy's model shape with a scalar head; "
-            "train the PRM with the policy's model fields."
-        )
+    params = common.load_run_params(
+        workdir,
+        prm_cfg,
+        "grpo.process.prm_workdir",
+        "the PRM must have the policy's model shape with a scalar head; train it with the "
+        "policy's model fields (configs/prm_chain.py).",
+    )
     return params, prm_cfg

@@ -14,13 +14,10 @@ rollout next to the learned one, and evaluate by win rate over the reference.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from jax.sharding import Mesh
 
 from rl_lm import parallel
@@ -58,18 +55,12 @@ def load_reward_model(config: Any, mesh: Mesh, init_from: Params | None) -> Para
     section = config.reward_model
     rm_cfg = common.model_config(section.model)
     if section.get("workdir"):
-        from rl_lm.train.checkpoint import load_state
-
-        state, step = load_state(Path(section.workdir).absolute() / "checkpoints")
-        params = jax.device_get(state["params"])
-        want = jax.eval_shape(lambda: init_params(rm_cfg, jax.random.key(0)))
-        if jax.tree.map(jnp.shape, params) != jax.tree.map(jnp.shape, want):
-            raise ValueError(
-                f"the checkpoint of reward_model.workdir={section.workdir!r} does not match "
-                "reward_model.model; give reward_model.model the reward model run's model fields."
-            )
-        logging.info("Reward model: step %d of %s.", step, section.workdir)
-        return params
+        return common.load_run_params(
+            section.workdir,
+            rm_cfg,
+            "reward_model.workdir",
+            "give reward_model.model the reward model run's model fields.",
+        )
     stage = section.get("stage")
     if stage is None:
         raise ValueError(
