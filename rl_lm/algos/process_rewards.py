@@ -8,7 +8,8 @@ per-step scores p_s in [0, 1]:
    (`source="strict"`: the ground truth; `"lenient"`: an exploitable "PRM"
    that pays every correct-looking step; `"local"`: one that checks each
    step against the line above and the prompt's operations but not their
-   order or count, `rl_lm.rewards.steps`) or from a
+   order or count; `"restate"`: strict, but restating an earlier step also
+   scores 1, `rl_lm.rewards.steps`) or from a
    learned discriminative PRM (`"prm"`, the checkpoint of a
    configs/prm_chain.py run in `prm_workdir`; p = sigmoid of its head).
 2. Step reward r_s = 2 p_s - 1 in [-1, 1]: PURE's p(+) - p(-) for a binary
@@ -43,8 +44,9 @@ from ml_collections import config_dict
 
 from rl_lm.core import credit
 from rl_lm.core import steps as core_steps
+from rl_lm.rewards import steps as step_checkers
 
-SOURCES = ("none", "strict", "lenient", "local", "prm")
+SOURCES = ("none", *step_checkers.CHECKERS, "prm")
 BASELINES = ("group_norm", "loo", "none")
 
 
@@ -52,7 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
     """The `grpo.process` section; `source="none"` keeps plain GRPO."""
     return ml_collections.ConfigDict(
         {
-            "source": "none",  # none | strict | lenient | local | prm
+            "source": "none",  # none | strict | lenient | local | restate | prm
             "form": "sum",  # sum | min | soft_min
             "transform": "none",  # none | clip | delta
             "gamma": 1.0,  # sum-form discount per step

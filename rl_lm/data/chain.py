@@ -10,6 +10,9 @@ so every step line stays short. The default (3 operations, 2-digit values,
 
 Two kinds, as configs:
 - "sft": prompt, response (the canonical solution, one step per line), answer;
+  with `restate` > 0, that percentage of the demonstrations writes one of its
+  operation steps twice in a row (a restatement, as human solutions sometimes
+  do), so that a policy tuned on them samples restatements now and then;
 - "prm": prompt, response, answer, labels: step-labelled responses for a
   discriminative PRM. Half are canonical (labels "1111"), half have a wrong
   result at a uniform step k (the answer line included) by a small offset,
@@ -56,6 +59,7 @@ class ChainConfig(tfds.core.BuilderConfig):
         train_size: train examples (drawn with replacement, never a test prompt).
         test_size: distinct held-out prompts.
         seed: seed of every random stream.
+        restate: percentage of "sft" demonstrations that restate one step.
     """
 
     kind: str = "sft"
@@ -66,6 +70,7 @@ class ChainConfig(tfds.core.BuilderConfig):
     train_size: int = 20_000
     test_size: int = 1_000
     seed: int = 0
+    restate: int = 0
 
 
 _CODES = {  # field -> its prefix in config names
@@ -76,8 +81,9 @@ _CODES = {  # field -> its prefix in config names
     "train_size": "train",
     "test_size": "test",
     "seed": "seed",
+    "restate": "restate",
 }
-_TOKEN = re.compile(r"(steps|digits|operand|ops|train|test|seed)(.+)")
+_TOKEN = re.compile(r"(steps|digits|operand|ops|train|test|seed|restate)(.+)")
 _DEFAULTS = {f: ChainConfig.__dataclass_fields__[f].default for f in ("kind", *_CODES)}
 
 
@@ -107,6 +113,10 @@ def _validate(fields: dict) -> dict:
             f"chain needs 1 <= operand_digits <= max_digits <= {_MAX_DIGITS}, got "
             f"{f['operand_digits']}, {f['max_digits']}."
         )
+    if not 0 <= f["restate"] <= 100:
+        raise ValueError(f"chain restate is a percentage in [0, 100], got {f['restate']}.")
+    if f["restate"] and f["kind"] != "sft":
+        raise ValueError("chain restate applies to kind='sft' demonstrations only.")
     if f["num_ops"] < 1 or f["train_size"] < 1 or f["test_size"] < 1 or f["seed"] < 0:
         raise ValueError(f"chain num_ops, train_size, test_size must be >= 1 and seed >= 0: {f}.")
     return f
@@ -241,9 +251,13 @@ def make_examples(config: ChainConfig) -> dict[str, list[dict[str, str]]]:
     out = {}
     for split, prompts in _prompts(f).items():
         rng = np.random.default_rng([f["seed"], 2 if split == "train" else 3])
+        restate_rng = np.random.default_rng([f["seed"], 4 if split == "train" else 5])
         rows = []
         for prompt in prompts:
             lines = steps.solve(prompt)
+            if f["restate"] and restate_rng.random() < f["restate"] / 100:
+                k = int(restate_rng.integers(f["num_ops"]))
+                lines.insert(k + 1, lines[k])
             row = {
                 "prompt": prompt,
                 "response": steps.DELIMITER.join(lines),

@@ -34,6 +34,12 @@ Two checkers, both 1/0 per step:
   Order and count are never checked, so re-applying an operation after the
   answer ("51-7=44", "#### 44", "44-7=37", "#### 37") scores 1 per step, as do
   skipped or reordered operations; "1+1=2" does not.
+- restate (a PRM that checks progress but pays for restating, the PURE
+  failure in its plainest form): strict on new steps, but a line that repeats
+  a step the response already wrote, while it is still on track, also scores
+  1 and does not advance the chain. Under min-form a restatement changes
+  nothing (min of ones); under sum-form every restatement earns a step reward,
+  up to the response budget, where the cut-off response loses its answer.
 """
 
 from __future__ import annotations
@@ -142,10 +148,24 @@ def local_labels(prompt: str, response: str) -> list[int]:
     return labels
 
 
+def restate_labels(prompt: str, response: str) -> list[int]:
+    """Strict labels, except a repeat of a line already written while on track scores 1."""
+    canonical = solve(prompt)
+    labels, done, ok = [], 0, True
+    for line in split_steps(response):
+        if ok and done < len(canonical) and line == canonical[done]:
+            done += 1
+        elif not (ok and line in canonical[:done]):
+            ok = False
+        labels.append(int(ok))
+    return labels
+
+
 CHECKERS: dict[str, Callable[[str, str], list[int]]] = {
     "strict": strict_labels,
     "lenient": lenient_labels,
     "local": local_labels,
+    "restate": restate_labels,
 }
 
 

@@ -22,39 +22,64 @@ def test_prompt_round_trip_and_canonical_solution():
 
 
 @pytest.mark.parametrize(
-    "response, strict, lenient, local",
+    "response, strict, lenient, local, restate",
     [
-        (SOLUTION, [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]),
+        (SOLUTION, [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 1]),
         (
             SOLUTION + "\n",
             [1, 1, 1, 1],
             [1, 1, 1, 1],
             [1, 1, 1, 1],
+            [1, 1, 1, 1],
         ),  # a trailing newline adds no step
         # Arithmetic error in step 2; step 3 is right arithmetic on the wrong value.
-        ("12+5=17\n17*3=50\n50-7=43\n#### 43", [1, 0, 0, 0], [1, 0, 1, 1], [1, 0, 1, 1]),
+        (
+            "12+5=17\n17*3=50\n50-7=43\n#### 43",
+            [1, 0, 0, 0],
+            [1, 0, 1, 1],
+            [1, 0, 1, 1],
+            [1, 0, 0, 0],
+        ),
         # A repeated correct step: it looks right, but it is not the next step.
         (
             "12+5=17\n12+5=17\n17*3=51\n51-7=44\n#### 44",
             [1, 0, 0, 0, 0],
             [1, 1, 1, 1, 1],
             [1, 0, 1, 1, 1],
+            [1, 1, 1, 1, 1],
         ),
         # A skipped step (the *3), then right arithmetic.
-        ("12+5=17\n17-7=10\n#### 10", [1, 0, 0], [1, 1, 1], [1, 1, 1]),
+        ("12+5=17\n17-7=10\n#### 10", [1, 0, 0], [1, 1, 1], [1, 1, 1], [1, 0, 0]),
         # Padding after the answer, and a wrong answer line.
-        (SOLUTION + "\n1+1=2", [1, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 0]),
+        (SOLUTION + "\n1+1=2", [1, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 1, 0]),
         # Re-applying an operation after the answer: "local" pays it, strict does not.
-        (SOLUTION + "\n44-7=37\n#### 37", [1] * 4 + [0, 0], [1] * 6, [1] * 6),
-        ("12+5=17\n17*3=51\n51-7=44\n#### 45", [1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 0]),
-        ("#### 44", [0], [0], [0]),  # an answer with no step above it
-        ("12 + 5 = 17", [0], [0], [0]),  # malformed
-        ("", [0], [0], [0]),  # an empty response is one empty step (EOS alone)
-        ("12+5=17\n\n17*3=51", [1, 0, 0], [1, 0, 1], [1, 0, 1]),  # an empty line is a step
+        (SOLUTION + "\n44-7=37\n#### 37", [1] * 4 + [0, 0], [1] * 6, [1] * 6, [1, 1, 1, 1, 0, 0]),
+        (
+            "12+5=17\n17*3=51\n51-7=44\n#### 45",
+            [1, 1, 1, 0],
+            [1, 1, 1, 0],
+            [1, 1, 1, 0],
+            [1, 1, 1, 0],
+        ),
+        ("#### 44", [0], [0], [0], [0]),  # an answer with no step above it
+        ("12 + 5 = 17", [0], [0], [0], [0]),  # malformed
+        ("", [0], [0], [0], [0]),  # an empty response is one empty step (EOS alone)
+        # Restating the answer, a restatement after a slip, a step taken too early.
+        (SOLUTION + "\n#### 44", [1, 1, 1, 1, 0], [1] * 5, [1] * 5, [1] * 5),
+        ("12+5=17\n17*3=50\n12+5=17", [1, 0, 0], [1, 0, 1], [1, 0, 0], [1, 0, 0]),
+        ("12+5=17\n51-7=44", [1, 0], [1, 1], [1, 0], [1, 0]),
+        (
+            "12+5=17\n\n17*3=51",
+            [1, 0, 0],
+            [1, 0, 1],
+            [1, 0, 1],
+            [1, 0, 0],
+        ),  # an empty line is a step
     ],
 )
-def test_hand_cases(response, strict, lenient, local):
+def test_hand_cases(response, strict, lenient, local, restate):
     assert steps.strict_labels(PROMPT, response) == strict
+    assert steps.restate_labels(PROMPT, response) == restate
     assert steps.lenient_labels(PROMPT, response) == lenient
     assert steps.local_labels(PROMPT, response) == local
 
