@@ -90,7 +90,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     use_ref = cfg.beta > 0 and cfg.kl_placement != "none"
     # The preference evaluation compares with the reference, whatever the loss does.
     keep_ref = use_ref or preference_eval.judge_for(data.name) is not None
-    process = _make_process(cfg, config.model, tokenizer, mesh)
+    process = process_rewards.make(cfg.get("process"), g, config.model, tokenizer, mesh)
 
     num_updates = train.num_steps * updates_per_rollout
     optimizer = common.make_optimizer(config.optim, num_updates)
@@ -259,7 +259,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         ).reshape(-1)
         adv = adv * (host["mask"].sum(1) > 0)
         if process is not None:
-            adv, process_metrics = _process_advantages(process, host, arrays, adv)
+            adv, process_metrics = process_rewards.advantages(process, host, arrays, adv)
             metrics.update(process_metrics)
         arrays["adv"] = parallel.shard_batch({"adv": adv[lo:hi].astype(np.float32)}, mesh, n)["adv"]
         if use_ref:
@@ -307,72 +307,6 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         step=step,
         evaluate=lambda state: policy_eval(state["params"], state.get("ref_params")),
     )
-
-
-def _make_process(cfg: Any, model: Any, tokenizer: Any, mesh: Mesh) -> dict[str, Any] | None:
-    """The jitted pieces of process rewards, or None when `grpo.process` is off."""
-    proc = cfg.get("process")
-    if not process_rewards.enabled(proc):
-        return None
-    step_args = process_rewards.step_args(proc, tokenizer)
-    kwargs = process_rewards.advantage_kwargs(proc, cfg.num_generations, step_args)
-    out = {
-        "checker": proc.source if proc.source != "prm" else None,
-        "advantages": jax.jit(functools.partial(process_rewards.token_advantages, **kwargs)),
-    }
-    if proc.source == "prm":
-        from rl_lm.algos import prm
-
-        params, prm_cfg = process_rewards.load_prm(proc.prm_workdir, model)
-        out["prm_params"] = jax.device_put(params, parallel.replicated(mesh))
-        out["prm_score"] = jax.jit(
-            lambda params, *batch: prm.score_responses(params, prm_cfg, *batch, **step_args),
-            out_shardings=parallel.batch_sharding(mesh),
-        )
-    return out
-
-
-def _process_advantages(
-    process: dict[str, Any],
-    host: dict[str, np.ndarray],
-    arrays: dict[str, jax.Array],
-    outcome_adv_N: np.ndarray,
-) -> tuple[np.ndarray, dict[str, float]]:
-    """Token advantages [N, T] of the global batch (on every process) and their metrics."""
-    if process["checker"] is None:
-        p_NxS, _ = process["prm_score"](
-            process["prm_params"],
-            arrays["prompt"],
-            arrays["prompt_mask"],
-            arrays["response"],
-            arrays["mask"],
-        )
-        scores_NxS = parallel.to_host(p_NxS)
-        host_mask_NxS = None
-    else:
-        scores_NxS, host_mask_NxS = host["step_scores"], host["step_mask"]
-    adv_NxT, stats = process["advantages"](
-        jnp.asarray(scores_NxS, jnp.float32),
-        jnp.asarray(host["response"]),
-        jnp.asarray(host["mask"]),
-        jnp.asarray(outcome_adv_N, jnp.float32),
-    )
-    stats = jax.tree.map(np.asarray, stats)
-    metrics = {
-        "steps_per_response": float(stats["num_steps_N"].mean()),
-        "step_overflow": float(stats["overflow_N"].mean()),
-        "process_return": float(stats["return_N"].mean()),
-        "process_score_sum": float(stats["score_sum_N"].mean()),
-        "process_score_min": float(
-            np.where(stats["num_steps_N"] > 0, stats["score_min_N"], 0).mean()
-        ),
-    }
-    if host_mask_NxS is not None:
-        _, mismatch_N = process_rewards.read_into_slots(
-            scores_NxS, host_mask_NxS, stats["num_steps_N"]
-        )
-        metrics["step_mismatch"] = float(mismatch_N.mean())
-    return np.asarray(adv_NxT), metrics
 
 
 def _take_groups(host: dict[str, np.ndarray], keep_B: np.ndarray, g: int) -> dict[str, np.ndarray]:

@@ -29,7 +29,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rl_lm import parallel
-from rl_lm.algos import common, reward_model
+from rl_lm.algos import common, process_rewards, reward_model
 from rl_lm.core import steps as core_steps
 from rl_lm.data import load_source, sft_batches
 from rl_lm.models.config import ModelConfig
@@ -169,20 +169,6 @@ def with_step_labels(batch: dict[str, np.ndarray], tokenizer: Any, max_steps: in
     return {**batch, "step_labels": labels, "step_mask": mask.astype(np.int32)}
 
 
-def _step_args(cfg: Any, tokenizer: Any) -> dict[str, Any]:
-    ids = tokenizer.encode(cfg.delimiter)
-    if len(ids) != 1:
-        raise ValueError(
-            f"prm.delimiter={cfg.delimiter!r} is {len(ids)} tokens with {tokenizer!r}; a "
-            "step delimiter must be exactly one token (e.g. '\\n' with the byte tokenizer)."
-        )
-    return {
-        "delimiter_ids": tuple(ids),
-        "max_steps": int(cfg.max_steps),
-        "eos_id": tokenizer.eos_id,
-    }
-
-
 def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> common.Trainer:
     """The PRM trainer of `config` (fields: see configs/prm_chain.py).
 
@@ -197,7 +183,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         raise ValueError("a PRM needs model.scalar_head=True (and lm_head=False).")
     tokenizer = load_tokenizer(config.tokenizer)
     check_vocab(tokenizer, model_cfg.vocab_size)
-    step_args = _step_args(cfg, tokenizer)
+    step_args = process_rewards.step_args_of(cfg, tokenizer, "prm")
     common.check_batch_size(data.batch_size, mesh, train.num_microbatches, "data.batch_size")
     train_source = load_source(data.name, "train", data_dir=data.data_dir)
     test_source = load_source(data.name, "test", data_dir=data.data_dir)

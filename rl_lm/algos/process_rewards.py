@@ -34,6 +34,7 @@ which is the truth for the step slots; host scores are read into those slots.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -42,6 +43,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
+from rl_lm import parallel
 from rl_lm.core import credit
 from rl_lm.core import steps as core_steps
 from rl_lm.rewards import steps as step_checkers
@@ -75,29 +77,34 @@ def enabled(cfg: Any) -> bool:
     return cfg is not None and cfg.source != "none"
 
 
-def validate(cfg: Any, grpo_cfg: Any) -> list[str]:
-    """The problems of a `grpo.process` section (empty when fine)."""
+def validate(cfg: Any, grpo_cfg: Any = None, section: str = "grpo.process") -> list[str]:
+    """The problems of a process section named `section` (empty when fine).
+
+    `grpo_cfg`, the enclosing `grpo` section, adds the GRPO-only checks.
+    """
     problems = []
     if cfg.source not in SOURCES:
-        problems.append(f"grpo.process.source={cfg.source!r} not in {SOURCES}")
+        problems.append(f"{section}.source={cfg.source!r} not in {SOURCES}")
     if cfg.form not in credit.CREDIT_FORMS:
-        problems.append(f"grpo.process.form={cfg.form!r} not in {sorted(credit.CREDIT_FORMS)}")
+        problems.append(f"{section}.form={cfg.form!r} not in {sorted(credit.CREDIT_FORMS)}")
     if cfg.transform not in credit.STEP_TRANSFORMS:
         problems.append(
-            f"grpo.process.transform={cfg.transform!r} not in {sorted(credit.STEP_TRANSFORMS)}"
+            f"{section}.transform={cfg.transform!r} not in {sorted(credit.STEP_TRANSFORMS)}"
         )
     if cfg.baseline not in BASELINES:
-        problems.append(f"grpo.process.baseline={cfg.baseline!r} not in {BASELINES}")
+        problems.append(f"{section}.baseline={cfg.baseline!r} not in {BASELINES}")
     if cfg.temperature <= 0:
-        problems.append(f"grpo.process.temperature={cfg.temperature} must be > 0")
+        problems.append(f"{section}.temperature={cfg.temperature} must be > 0")
     if not isinstance(cfg.max_steps, int) or cfg.max_steps < 1:
-        problems.append(f"grpo.process.max_steps={cfg.max_steps!r} must be an int >= 1")
+        problems.append(f"{section}.max_steps={cfg.max_steps!r} must be an int >= 1")
     if not enabled(cfg):
         return problems
     if cfg.source == "prm" and not cfg.get("prm_workdir"):
         problems.append(
-            "grpo.process.source='prm' needs grpo.process.prm_workdir (a configs/prm_chain.py run)"
+            f"{section}.source='prm' needs {section}.prm_workdir (a configs/prm_chain.py run)"
         )
+    if grpo_cfg is None:
+        return problems
     if grpo_cfg.dynamic_sampling:
         problems.append(
             "grpo.dynamic_sampling filters groups by the outcome reward; turn it off with "
@@ -111,15 +118,23 @@ def validate(cfg: Any, grpo_cfg: Any) -> list[str]:
     return problems
 
 
-def step_args(cfg: Any, tokenizer: Any) -> dict[str, Any]:
-    """segment_steps' static arguments: delimiter_ids, max_steps, eos_id."""
+def step_args_of(cfg: Any, tokenizer: Any, section: str = "grpo.process") -> dict[str, Any]:
+    """segment_steps' static arguments: delimiter_ids, max_steps, eos_id.
+
+    `cfg` has `delimiter` and `max_steps` (a process section, or `prm`);
+    `section` names it in the error.
+    """
     ids = tokenizer.encode(cfg.delimiter)
     if len(ids) != 1:
         raise ValueError(
-            f"grpo.process.delimiter={cfg.delimiter!r} is {len(ids)} tokens with {tokenizer!r}; "
+            f"{section}.delimiter={cfg.delimiter!r} is {len(ids)} tokens with {tokenizer!r}; "
             "a step delimiter must be exactly one token (e.g. '\\n' with the byte tokenizer)."
         )
-    return {"delimiter_ids": tuple(ids), "max_steps": cfg.max_steps, "eos_id": tokenizer.eos_id}
+    return {
+        "delimiter_ids": tuple(ids),
+        "max_steps": int(cfg.max_steps),
+        "eos_id": tokenizer.eos_id,
+    }
 
 
 def read_into_slots(scores_NxS: np.ndarray, host_mask_NxS: np.ndarray, num_steps_N: np.ndarray):
@@ -243,3 +258,89 @@ def load_prm(workdir: str, model: Any) -> tuple[Any, Any]:
         "policy's model fields (configs/prm_chain.py).",
     )
     return params, prm_cfg
+
+
+def make(
+    proc: Any, group_size: int, model: Any, tokenizer: Any, mesh: Any
+) -> dict[str, Any] | None:
+    """The jitted pieces of process rewards, or None when `proc` is off.
+
+    Args:
+        proc: a `process` section (`default_config`), or None.
+        group_size: G completions per prompt.
+        model: the policy's `model` section (the PRM shares its shape).
+        tokenizer: the policy's tokenizer (the step delimiter must be one token).
+        mesh: the device mesh.
+
+    Returns:
+        {"checker": a `rl_lm.rewards.steps` checker name or None, "step_args",
+        "advantages": jitted `token_advantages`, and for source="prm"
+        "prm_params", "prm_score"}; pass it to `advantages` or `step_scores`.
+    """
+    if not enabled(proc):
+        return None
+    step_args = step_args_of(proc, tokenizer)
+    kwargs = advantage_kwargs(proc, group_size, step_args)
+    out = {
+        "checker": proc.source if proc.source != "prm" else None,
+        "step_args": step_args,
+        "advantages": jax.jit(functools.partial(token_advantages, **kwargs)),
+    }
+    if proc.source == "prm":
+        from rl_lm.algos import prm
+
+        params, prm_cfg = load_prm(proc.prm_workdir, model)
+        out["prm_params"] = jax.device_put(params, parallel.replicated(mesh))
+        out["prm_score"] = jax.jit(
+            lambda params, *batch: prm.score_responses(params, prm_cfg, *batch, **step_args),
+            out_shardings=parallel.batch_sharding(mesh),
+        )
+    return out
+
+
+def step_scores(
+    process: dict[str, Any], host: dict[str, np.ndarray], arrays: dict[str, jax.Array]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Step scores [N, S] of the global batch: the checker's (read on the host into
+    host["step_scores"] / host["step_mask"] by the rollout) or the learned PRM's on
+    the sharded rollout `arrays`; the host step mask, None for the PRM."""
+    if process["checker"] is not None:
+        return host["step_scores"], host["step_mask"]
+    p_NxS, _ = process["prm_score"](
+        process["prm_params"],
+        arrays["prompt"],
+        arrays["prompt_mask"],
+        arrays["response"],
+        arrays["mask"],
+    )
+    return parallel.to_host(p_NxS), None
+
+
+def advantages(
+    process: dict[str, Any],
+    host: dict[str, np.ndarray],
+    arrays: dict[str, jax.Array],
+    outcome_adv_N: np.ndarray,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Token advantages [N, T] of the global batch (on every process) and their metrics."""
+    scores_NxS, host_mask_NxS = step_scores(process, host, arrays)
+    adv_NxT, stats = process["advantages"](
+        jnp.asarray(scores_NxS, jnp.float32),
+        jnp.asarray(host["response"]),
+        jnp.asarray(host["mask"]),
+        jnp.asarray(outcome_adv_N, jnp.float32),
+    )
+    stats = jax.tree.map(np.asarray, stats)
+    metrics = {
+        "steps_per_response": float(stats["num_steps_N"].mean()),
+        "step_overflow": float(stats["overflow_N"].mean()),
+        "process_return": float(stats["return_N"].mean()),
+        "process_score_sum": float(stats["score_sum_N"].mean()),
+        "process_score_min": float(
+            np.where(stats["num_steps_N"] > 0, stats["score_min_N"], 0).mean()
+        ),
+    }
+    if host_mask_NxS is not None:
+        _, mismatch_N = read_into_slots(scores_NxS, host_mask_NxS, stats["num_steps_N"])
+        metrics["step_mismatch"] = float(mismatch_N.mean())
+    return np.asarray(adv_NxT), metrics
