@@ -15,9 +15,12 @@ to the learned one, and evaluation is the win rate over the reference (kept in
 the state for it) instead of exact match.
 
 With `grpo.process.source` set, the advantages are per token instead: step
-scores (a programmatic checker or a learned PRM) go through a credit form
-(sum / min / soft-min) to token advantages, plus a weighted outcome advantage
-(`rl_lm.algos.process_rewards`).
+scores (a programmatic checker or a frozen learned PRM) go through a credit
+form (sum / min / soft-min) to token advantages, plus a weighted outcome
+advantage (`rl_lm.algos.process_rewards`); or, with source "prime", PRIME's
+implicit PRM, a language model trained online on each rollout's outcome labels
+and riding in the state as `prime` with its own optimizer, gives token rewards
+beta_p (lp_phi - lp_ref) (`rl_lm.algos.prime`).
 
 Host-side work (decoding, rewards, advantages, DAPO's group filter) runs on
 the global batch, identically on every process, so multi-host runs need no
@@ -37,12 +40,11 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rl_lm import parallel
-from rl_lm.algos import common, grpo_loss, preference_eval, process_rewards, rm_rewards
+from rl_lm.algos import common, grpo_loss, preference_eval, prime, process_rewards, rm_rewards
 from rl_lm.core import advantages
 from rl_lm.data import load_source, prompt_batches
 from rl_lm.models.tokenizer import check_vocab, load_tokenizer
 from rl_lm.models.transformer import Params, init_params, partition_specs
-from rl_lm.rewards import steps as step_checkers
 from rl_lm.rewards import verifiable
 from rl_lm.sampling.logprobs import response_logprobs
 from rl_lm.sampling.sampler import make_sampler
@@ -88,29 +90,46 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     rm_scores = rm_rewards.make_scorer(rm_cfg, mesh) if use_rm else None
     true_reward = rm_rewards.make_true_reward(data.name, tokenizer)
     use_ref = cfg.beta > 0 and cfg.kl_placement != "none"
-    # The preference evaluation compares with the reference, whatever the loss does.
-    keep_ref = use_ref or preference_eval.judge_for(data.name) is not None
-    process = process_rewards.make(cfg.get("process"), g, config.model, tokenizer, mesh)
-
+    use_prime = process_rewards.enabled(cfg.get("process")) and cfg.process.source == "prime"
+    # The preference evaluation compares with the reference, whatever the loss does;
+    # PRIME's implicit rewards are log-ratios to it.
+    keep_ref = use_ref or use_prime or preference_eval.judge_for(data.name) is not None
     num_updates = train.num_steps * updates_per_rollout
     optimizer = common.make_optimizer(config.optim, num_updates)
     param_specs = partition_specs(model_cfg, config.rules)
+    process, implicit_prm = None, None
+    if use_prime:
+        implicit_prm = prime.make(
+            cfg.process,
+            model_cfg,
+            config.optim,
+            train.num_steps,
+            g,
+            cfg.num_microbatches,
+            cfg.logprob_chunk,
+            param_specs,
+            mesh,
+        )
+    else:
+        process = process_rewards.make(cfg.get("process"), g, config.model, tokenizer, mesh)
 
     def init_fn(rng, rm_params):
         params = init_from if init_from is not None else init_params(model_cfg, rng)
         extras = {"ref_params": params} if keep_ref else {}
         if rm_params is not None:
             extras["rm_params"] = rm_params
+        if implicit_prm is not None:
+            extras["prime"] = implicit_prm["init"](params)
         return common.new_state(params, optimizer, rng, **extras)
 
-    param_keys = ("params", "ref_params")
+    def specs_fn(abstract):
+        specs = common.state_specs(abstract, param_specs, optimizer, ("params", "ref_params"))
+        if implicit_prm is not None:
+            specs["prime"] = implicit_prm["specs"]
+        return specs
+
     init_state, abstract_state, shardings = rm_rewards.sharded_init(
-        config,
-        mesh,
-        init_fn,
-        lambda a: common.state_specs(a, param_specs, optimizer, param_keys),
-        rm_cfg,
-        init_from,
+        config, mesh, init_fn, specs_fn, rm_cfg, init_from
     )
     loss = functools.partial(grpo_loss.loss_fn, model_cfg=model_cfg, cfg=cfg)
     schedule = common.learning_rate_schedule(config.optim, num_updates)
@@ -173,14 +192,9 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         texts = tokenizer.decode_batch(host["response"], host["mask"])
         answers = np.repeat(np.asarray(prompts["answer"], dtype=object), g)
         host["correct"] = verifiable.exact_match(texts, list(answers))
-        if process is not None and process["checker"] is not None:
+        if process is not None:
             prompt_texts = tokenizer.decode_batch(prompts["prompt"], prompts["prompt_mask"])
-            host["step_scores"], host["step_mask"] = step_checkers.step_scores(
-                list(np.repeat(np.asarray(prompt_texts, dtype=object), g)),
-                texts,
-                cfg.process.max_steps,
-                checker=process["checker"],
-            )
+            process_rewards.score_on_host(process, host, prompt_texts, texts, g)
         reward_N = grpo_loss.overlong_penalty(
             host["mask"].sum(1), cfg.max_new_tokens, cfg.overlong_cache
         )
@@ -232,7 +246,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         lo, hi = parallel.process_rows(mesh, n)
         arrays = parallel.shard_batch({k: host[k][lo:hi] for k in _ROLLOUT_KEYS}, mesh, n)
         ref_lp = None
-        if use_ref:
+        if use_ref or (use_prime and lp_temperature == 1.0):
             ref_lp = logprobs(
                 state["ref_params"],
                 arrays["prompt"],
@@ -261,6 +275,19 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         if process is not None:
             adv, process_metrics = process_rewards.advantages(process, host, arrays, adv)
             metrics.update(process_metrics)
+        if implicit_prm is not None:
+            prime_state, adv, prime_metrics = prime.step(
+                implicit_prm,
+                state["prime"],
+                state["ref_params"],
+                arrays,
+                host,
+                rewards,
+                mesh,
+                lp_ref=ref_lp if lp_temperature == 1.0 else None,
+            )
+            state = {**state, "prime": prime_state}
+            metrics.update(prime_metrics)
         arrays["adv"] = parallel.shard_batch({"adv": adv[lo:hi].astype(np.float32)}, mesh, n)["adv"]
         if use_ref:
             arrays["lp_ref"] = ref_lp

@@ -7,8 +7,9 @@ One step is one rollout, then num_epochs x num_minibatches optimizer steps:
    and clip;
 3. before any update, take the sampling policy's log-probs (lp_old), the
    reference's (lp_ref) and the critic's values;
-4. token rewards -beta * KL_t plus the score on the last token, GAE, advantage
-   whitening (`ppo_loss.rollout_targets`, jitted on the sharded rollout);
+4. token rewards -beta * KL_t plus the score on the last token (and, with
+   process rewards, step rewards on step ends), GAE, advantage whitening
+   (`ppo_loss.rollout_targets`, jitted on the sharded rollout);
 5. optimizer steps on `ppo_loss.loss_fn` with lp_old, V_old, A and returns fixed;
 6. the adaptive KL controller moves beta.
 
@@ -22,6 +23,18 @@ The reward model comes from `config.reward_model` (`rl_lm.algos.rm_rewards`):
 a reward-model experiment trained here on a fresh start, from the policy's
 starting trunk (the SFT warm start), before the first PPO step. The stage is not
 checkpointed on its own; its result is in every PPO checkpoint.
+
+With `ppo.process.source` set (configs/ppo_chain.py), step scores p in [0, 1]
+come from a chain checker (computed on the host in the rollout) or a frozen
+learned PRM (`process_rewards.make`), as in GRPO. Their credit form's returns
+G_s (of r = 2p - 1, after the transform) become token rewards on step ends
+whose undiscounted sum from step s on is G_s (`ppo_loss.process_token_rewards`),
+weighted by process_weight and added to the KL and outcome_weight * score
+rewards before GAE; the critic learns the resulting returns. There is no group
+baseline (ppo.process.baseline must be "none"), and ppo.gamma < 1 is allowed
+only with plain sum-form step rewards (`ppo_loss.process_problems`). The logged
+steps_per_response, process_return (G of the first step), process_score_sum /
+_min, step_overflow and step_mismatch are GRPO's.
 """
 
 from __future__ import annotations
@@ -36,7 +49,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rl_lm import parallel
-from rl_lm.algos import common, ppo_loss, reward_model, rm_rewards
+from rl_lm.algos import common, ppo_loss, process_rewards, reward_model, rm_rewards
 from rl_lm.core.kl import adaptive_kl_update
 from rl_lm.data import load_source, prompt_batches
 from rl_lm.models.config import ModelConfig
@@ -99,6 +112,8 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     use_verifiable = cfg.reward.source != "reward_model"
     verifiable_fn = verifiable.combine(dict(cfg.reward.verifiable)) if use_verifiable else None
     true_reward = rm_rewards.make_true_reward(data.name, tokenizer)
+    proc = cfg.get("process")
+    process = process_rewards.make(proc, g, config.model, tokenizer, mesh, "ppo.process")
 
     num_updates = train.num_steps * updates_per_rollout
     optimizer = common.make_optimizer(config.optim, num_updates)
@@ -174,11 +189,29 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     )
     rm_scores = rm_rewards.make_scorer(rm_cfg, mesh) if use_rm else None
     targets = jax.jit(
-        lambda score, lp, lp_ref, values, m, beta: ppo_loss.rollout_targets(
-            score, lp, lp_ref, values, m, beta, cfg
+        lambda score, lp, lp_ref, values, m, beta, process_NxT=None: ppo_loss.rollout_targets(
+            score, lp, lp_ref, values, m, beta, cfg, process_NxT
         ),
         out_shardings=(rows, parallel.replicated(mesh)),
     )
+    if process is not None:
+        step_end_rewards = jax.jit(
+            functools.partial(
+                ppo_loss.process_token_rewards,
+                **{k: proc[k] for k in ("form", "transform", "gamma", "temperature", "eta")},
+                **process["step_args"],
+            ),
+            out_shardings=rows,
+        )
+
+        def process_token_rewards(host, arrays):
+            """Process token rewards [N, T] of the sharded rollout and their metrics."""
+            scores_NxS, host_mask_NxS = process_rewards.step_scores(process, host, arrays)
+            lo, hi = parallel.process_rows(mesh, n)
+            p_NxS = parallel.shard_batch({"p": scores_NxS[lo:hi].astype(np.float32)}, mesh, n)
+            r_NxT, stats = step_end_rewards(p_NxS["p"], arrays["response"], arrays["mask"])
+            stats = {k: parallel.to_host(v) for k, v in stats.items()}
+            return r_NxT, process_rewards.metrics(stats, scores_NxS, host_mask_NxS)
 
     def batches(start_step: int):
         # Every process reads the whole global batch (cheap: prompts only).
@@ -204,6 +237,9 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
             "mask": parallel.to_host(out.mask),
         }
         texts = tokenizer.decode_batch(host["response"], host["mask"])
+        if process is not None:
+            prompt_texts = tokenizer.decode_batch(prompts["prompt"], prompts["prompt_mask"])
+            process_rewards.score_on_host(process, host, prompt_texts, texts, g)
         lo, hi = parallel.process_rows(mesh, n)
         arrays = parallel.shard_batch({k: host[k][lo:hi] for k in _ROLLOUT_KEYS}, mesh, n)
         score = np.zeros(n, np.float32)
@@ -220,13 +256,14 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         if true_reward is not None:
             truth = true_reward(prompts, texts)
             stats["reward_true"] = float(truth.mean())
-        return arrays, score, stats, host["mask"]
+        return arrays, score, stats, host
 
     def step(state, prompts):
         t0 = time.perf_counter()
         rollout_index = int(state["step"]) // updates_per_rollout
         key = jax.random.fold_in(jax.random.key(config.seed), rollout_index)
-        arrays, score, metrics, mask = rollout(state, prompts, key)
+        arrays, score, metrics, host = rollout(state, prompts, key)
+        mask = host["mask"]
         score, reward_stats = ppo_loss.normalize_rewards(
             score, state["reward_stats"], cfg.reward.normalize, cfg.reward.clip, cfg.reward.eps
         )
@@ -236,8 +273,12 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         arrays["lp_old"], arrays["values"] = old_outputs(state["params"], arrays)
         lp_ref = ref_logprobs(state["ref_params"], arrays)
         beta = state["kl_coef"]
+        process_NxT = None
+        if process is not None:
+            process_NxT, process_metrics = process_token_rewards(host, arrays)
+            metrics.update(process_metrics)
         adv_returns, rollout_stats = targets(
-            score_N, arrays["lp_old"], lp_ref, arrays["values"], arrays["mask"], beta
+            score_N, arrays["lp_old"], lp_ref, arrays["values"], arrays["mask"], beta, process_NxT
         )
         arrays.update(adv_returns)
         rollout_stats = common.host_scalars({**rollout_stats, "kl_coef": beta})

@@ -7,6 +7,21 @@ the clipped policy surrogate plus vf_coef times the clipped value loss minus
 ent_coef times the entropy, aggregated under the response mask (`loss_fn`).
 The critic is a scalar head on the policy trunk or a separate scalar-head
 model. The on-policy loop that feeds these lives in `rl_lm.algos.ppo`.
+
+Process rewards (the `ppo.process` section, `process_rewards.default_config`
+with PPO's defaults) add step rewards on step ends (`process_token_rewards`):
+r_s = 2 p_s - 1, transformed, credit form G_s, then r'_s = G_s - G_{s+1} on
+step s's last token, so the undiscounted token return from step s on is
+exactly G_s (`credit.step_end_rewards`). The token reward becomes
+    r_t = -beta KL_t + outcome_weight * score [last token] + process_weight * r'_t,
+where the score is normalized and clipped as without process rewards and r'
+is neither: r in [-1, 1] is bounded already, and centering r' by a constant c
+would add c times the number of remaining steps to every return, paying (or
+charging) for step count, the very hack min-form credit removes. With
+reward.normalize="batch" the score has unit spread and a min-form G lies in
+[-1, 1], so the two weights compare like with like. Whitening (when on) acts
+on the advantages of the sum, as without process rewards. The critic is the
+baseline, so the group baselines of GRPO do not apply.
 """
 
 from __future__ import annotations
@@ -18,22 +33,33 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rl_lm.algos import rm_rewards
-from rl_lm.core import aggregation, gae, kl, losses, masks
+from rl_lm.algos import process_rewards, rm_rewards
+from rl_lm.core import aggregation, credit, gae, kl, losses, masks
+from rl_lm.core import steps as core_steps
 from rl_lm.models.config import ModelConfig
 from rl_lm.models.transformer import Params, forward, scalar
+from rl_lm.rewards import steps as step_checkers
 from rl_lm.sampling.logprobs import hidden_logprobs
 
 CRITICS = ("value_head", "separate")
 REWARD_SOURCES = rm_rewards.SOURCES
 REWARD_NORMALIZATIONS = ("none", "batch", "running")
+# Step scores PPO can turn into step rewards: a checker's or a frozen PRM's.
+PROCESS_SOURCES = ("none", *step_checkers.CHECKERS, "prm")
 
 sg = jax.lax.stop_gradient
 
 
+def default_process_config() -> ml_collections.ConfigDict:
+    """The `ppo.process` section: GRPO's with no group baseline and the score at full weight."""
+    cfg = process_rewards.default_config()
+    cfg.update(baseline="none", outcome_weight=1.0)
+    return cfg
+
+
 def default_config() -> ml_collections.ConfigDict:
     """PPO hyperparameters; InstructGPT / lm-human-preferences values where they exist."""
-    return ml_collections.ConfigDict(
+    config = ml_collections.ConfigDict(
         {
             "num_generations": 4,  # samples per prompt; rows = data.batch_size * this
             "max_new_tokens": 16,
@@ -69,6 +95,8 @@ def default_config() -> ml_collections.ConfigDict:
             "logprob_chunk": 64,
         }
     )
+    config.process = default_process_config()  # off: source="none"
+    return config
 
 
 def validate(cfg: Any) -> None:
@@ -117,8 +145,82 @@ def validate(cfg: Any) -> None:
     )
     for name in ("num_generations", "num_epochs", "num_minibatches", "num_microbatches"):
         check(cfg[name] >= 1, f"ppo.{name}={cfg[name]} must be >= 1")
+    if cfg.get("process") is not None:
+        problems += process_problems(cfg.process, cfg.gamma)
     if problems:
         raise ValueError("Invalid PPO config: " + "; ".join(problems) + ".")
+
+
+def process_problems(proc: Any, gamma: float) -> list[str]:
+    """The problems of a `ppo.process` section under token discount `gamma` (ppo.gamma)."""
+    if proc.source not in PROCESS_SOURCES:
+        return [f"ppo.process.source={proc.source!r} must be one of {PROCESS_SOURCES} in PPO"]
+    problems = process_rewards.validate(proc, None, section="ppo.process")
+    if not process_rewards.enabled(proc):
+        return problems
+    if proc.baseline != "none":
+        problems.append(
+            f"ppo.process.baseline={proc.baseline!r}: PPO's critic is the baseline, a group "
+            "baseline does not apply; set ppo.process.baseline='none'"
+        )
+    for name in ("process_weight", "outcome_weight"):
+        if proc[name] < 0:
+            problems.append(f"ppo.process.{name}={proc[name]} must be >= 0")
+    # Only r' = r (sum-form, no step discount, no Delta) stays meaningful under a token
+    # discount; differences of returns telescope to G_s only when summed undiscounted.
+    if gamma != 1 and (proc.form != "sum" or proc.gamma != 1 or proc.transform == "delta"):
+        problems.append(
+            f"ppo.gamma={gamma} discounts per token, which breaks the return identity of "
+            f"ppo.process.form={proc.form!r} (gamma={proc.gamma}, transform={proc.transform!r}); "
+            "set ppo.gamma=1 (discount steps with ppo.process.gamma under form='sum')"
+        )
+    return problems
+
+
+def process_token_rewards(
+    scores_NxS: jax.Array,
+    tokens_NxT: jax.Array,
+    m_NxT: jax.Array,
+    *,
+    form: str,
+    transform: str = "none",
+    gamma: float = 1.0,
+    temperature: float = 0.1,
+    eta: float = 0.0,
+    delimiter_ids: tuple[int, ...] = (10,),
+    max_steps: int = 8,
+    eos_id: int | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Unweighted process token rewards r' [N, T]; jit with everything after `*` static.
+
+    Args:
+        scores_NxS: step scores p in [0, 1] in `segment_steps`' slots (absent
+            steps are never read).
+        tokens_NxT: sampled response tokens.
+        m_NxT: response mask (through EOS).
+        form, transform, gamma, temperature, eta: see `credit.step_returns`;
+            applied to r = 2p - 1.
+        delimiter_ids, max_steps, eos_id: as in `segment_steps`.
+
+    Returns:
+        (r'_NxT on step ends, 0 elsewhere: sum_{t' >= t} r'_t' = G_s on the
+        tokens of step s; per-row stats: num_steps_N, overflow_N, return_N =
+        G of the first step, score_sum_N and score_min_N of p, as GRPO's).
+    """
+    seg = core_steps.segment_steps(tokens_NxT, m_NxT, delimiter_ids, max_steps, eos_id)
+    mask_NxS = seg.step_mask_NxS
+    p_NxS = jnp.where(mask_NxS, scores_NxS.astype(jnp.float32), 0.0)
+    r_NxT, G_NxS = credit.step_end_rewards(
+        2.0 * p_NxS - 1.0, seg, form, transform, gamma, temperature, eta
+    )
+    stats = {
+        "num_steps_N": seg.num_steps_N,
+        "overflow_N": seg.overflow_N,
+        "return_N": G_NxS[:, 0],
+        "score_sum_N": jnp.sum(p_NxS, axis=1),
+        "score_min_N": jnp.min(jnp.where(mask_NxS, p_NxS, jnp.inf), axis=1),
+    }
+    return r_NxT, stats
 
 
 def response_hidden(params: Params, model_cfg: ModelConfig, batch: dict[str, jax.Array]):
@@ -249,6 +351,7 @@ def rollout_targets(
     m_NxT: jax.Array,
     kl_coef: jax.Array | float,
     cfg: Any,
+    process_NxT: jax.Array | None = None,
 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """Advantages and returns of one rollout, before any update.
 
@@ -259,7 +362,11 @@ def rollout_targets(
       values_NxT: the critic's values at sampling time.
       m_NxT: response mask.
       kl_coef: beta.
-      cfg: the `ppo` config section (kl.estimator, gamma, lam, whiten_advantages).
+      cfg: the `ppo` config section (kl.estimator, gamma, lam, whiten_advantages,
+        and process.outcome_weight, process.process_weight with process_NxT).
+      process_NxT: process token rewards (`process_token_rewards`), or None;
+        with them r_t = -beta KL_t + outcome_weight * score (last token)
+        + process_weight * process_t.
 
     Returns:
       ({"adv", "returns"} [N,T], 0 off the mask; adv whitened over the whole
@@ -270,7 +377,11 @@ def rollout_targets(
     """
     m = m_NxT.astype(jnp.float32)
     kl_NxT = kl.kl_estimate(cfg.kl.estimator, lp_NxT, lp_ref_NxT) * m
-    r_NxT = token_rewards(score_N, kl_NxT, m, kl_coef)
+    if process_NxT is None:
+        r_NxT = token_rewards(score_N, kl_NxT, m, kl_coef)
+    else:
+        r_NxT = token_rewards(cfg.process.outcome_weight * score_N, kl_NxT, m, kl_coef)
+        r_NxT = r_NxT + cfg.process.process_weight * jnp.where(m > 0, process_NxT, 0.0)
     adv_NxT, returns_NxT = gae.gae(r_NxT, values_NxT, m, cfg.gamma, cfg.lam)
     resid_var = masks.masked_var(returns_NxT - values_NxT, m)
     stats = {

@@ -12,6 +12,11 @@ per-step scores p_s in [0, 1]:
    scores 1, `rl_lm.rewards.steps`) or from a
    learned discriminative PRM (`"prm"`, the checkpoint of a
    configs/prm_chain.py run in `prm_workdir`; p = sigmoid of its head).
+   `"prime"` is the odd one out: PRIME's implicit PRM, a language model
+   trained online on the outcome labels whose token rewards
+   beta_p (lp_phi - lp_ref) take the place of steps 1-4
+   (`rl_lm.algos.prime`; fields prime_*, process_weight, outcome_weight and
+   gamma, per token).
 2. Step reward r_s = 2 p_s - 1 in [-1, 1]: PURE's p(+) - p(-) for a binary
    PRM, so a step judged wrong costs as much as a right one earns.
 3. Transform ("none", "clip", "delta"), then a baseline within each prompt's
@@ -48,7 +53,7 @@ from rl_lm.core import credit
 from rl_lm.core import steps as core_steps
 from rl_lm.rewards import steps as step_checkers
 
-SOURCES = ("none", *step_checkers.CHECKERS, "prm")
+SOURCES = ("none", *step_checkers.CHECKERS, "prm", "prime")
 BASELINES = ("group_norm", "loo", "none")
 
 
@@ -56,7 +61,7 @@ def default_config() -> ml_collections.ConfigDict:
     """The `grpo.process` section; `source="none"` keeps plain GRPO."""
     return ml_collections.ConfigDict(
         {
-            "source": "none",  # none | strict | lenient | local | restate | prm
+            "source": "none",  # none | strict | lenient | local | restate | prm | prime
             "form": "sum",  # sum | min | soft_min
             "transform": "none",  # none | clip | delta
             "gamma": 1.0,  # sum-form discount per step
@@ -68,6 +73,10 @@ def default_config() -> ml_collections.ConfigDict:
             "max_steps": 8,  # step slots S; extra steps merge into the last
             "delimiter": "\n",  # one token ends a step
             "prm_workdir": config_dict.placeholder(str),  # source="prm": a prm_chain run
+            # source="prime": the implicit PRM's beta_p, learning rate and updates per rollout.
+            "prime_beta": 0.05,
+            "prime_lr": 1e-6,
+            "prime_steps": 1,
         }
     )
 
@@ -103,6 +112,8 @@ def validate(cfg: Any, grpo_cfg: Any = None, section: str = "grpo.process") -> l
         problems.append(
             f"{section}.source='prm' needs {section}.prm_workdir (a configs/prm_chain.py run)"
         )
+    if cfg.source == "prime":
+        problems += _prime_problems(cfg, grpo_cfg, section)
     if grpo_cfg is None:
         return problems
     if grpo_cfg.dynamic_sampling:
@@ -114,6 +125,35 @@ def validate(cfg: Any, grpo_cfg: Any = None, section: str = "grpo.process") -> l
         problems.append(
             "grpo.kl_placement='reward' is a sequence reward; with process rewards put the KL "
             "in the loss (kl_placement='loss')"
+        )
+    return problems
+
+
+def _prime_problems(cfg: Any, grpo_cfg: Any, section: str) -> list[str]:
+    """What source="prime" supports: sum-form token returns after leave-one-out baselines,
+    trained on and mixed with a verifiable outcome."""
+    fixed = {"form": "sum", "transform": "none", "baseline": "loo"}
+    problems = [
+        f"{section}.source='prime' takes token returns of leave-one-out rewards (PRIME); "
+        f"set {section}.{name}={want!r} (got {cfg[name]!r})"
+        for name, want in fixed.items()
+        if cfg[name] != want
+    ]
+    if not cfg.prime_beta > 0:
+        problems.append(f"{section}.prime_beta={cfg.prime_beta} must be > 0 (PRIME: 0.05)")
+    if not cfg.prime_lr > 0:
+        problems.append(f"{section}.prime_lr={cfg.prime_lr} must be > 0")
+    if not isinstance(cfg.prime_steps, int) or cfg.prime_steps < 1:
+        problems.append(f"{section}.prime_steps={cfg.prime_steps!r} must be an int >= 1")
+    if grpo_cfg is None:
+        problems.append(
+            f"{section}.source='prime' trains its PRM inside the GRPO loop only "
+            "(rl_lm.algos.prime); use it with algo='grpo'"
+        )
+    elif grpo_cfg.reward_source != "verifiable":
+        problems.append(
+            f"{section}.source='prime' learns from and adds the verifiable outcome; set "
+            f"grpo.reward_source='verifiable' (got {grpo_cfg.reward_source!r})"
         )
     return problems
 
@@ -241,7 +281,7 @@ def prm_model_config(model: Any) -> Any:
     return common.model_config({**fields, "lm_head": False, "scalar_head": True})
 
 
-def load_prm(workdir: str, model: Any) -> tuple[Any, Any]:
+def load_prm(workdir: str, model: Any, section: str = "grpo.process") -> tuple[Any, Any]:
     """(params, ModelConfig) of a finished PRM run; `model` is the policy's model section.
 
     The PRM has the policy's trunk shape with a scalar head instead of the LM
@@ -253,7 +293,7 @@ def load_prm(workdir: str, model: Any) -> tuple[Any, Any]:
     params = common.load_run_params(
         workdir,
         prm_cfg,
-        "grpo.process.prm_workdir",
+        f"{section}.prm_workdir",
         "the PRM must have the policy's model shape with a scalar head; train it with the "
         "policy's model fields (configs/prm_chain.py).",
     )
@@ -261,7 +301,12 @@ def load_prm(workdir: str, model: Any) -> tuple[Any, Any]:
 
 
 def make(
-    proc: Any, group_size: int, model: Any, tokenizer: Any, mesh: Any
+    proc: Any,
+    group_size: int,
+    model: Any,
+    tokenizer: Any,
+    mesh: Any,
+    section: str = "grpo.process",
 ) -> dict[str, Any] | None:
     """The jitted pieces of process rewards, or None when `proc` is off.
 
@@ -271,6 +316,7 @@ def make(
         model: the policy's `model` section (the PRM shares its shape).
         tokenizer: the policy's tokenizer (the step delimiter must be one token).
         mesh: the device mesh.
+        section: the config path of `proc`, for error messages.
 
     Returns:
         {"checker": a `rl_lm.rewards.steps` checker name or None, "step_args",
@@ -279,7 +325,9 @@ def make(
     """
     if not enabled(proc):
         return None
-    step_args = step_args_of(proc, tokenizer)
+    if proc.source == "prime":
+        raise ValueError("process source 'prime' is built by rl_lm.algos.prime.make, not here.")
+    step_args = step_args_of(proc, tokenizer, section)
     kwargs = advantage_kwargs(proc, group_size, step_args)
     out = {
         "checker": proc.source if proc.source != "prm" else None,
@@ -289,13 +337,33 @@ def make(
     if proc.source == "prm":
         from rl_lm.algos import prm
 
-        params, prm_cfg = load_prm(proc.prm_workdir, model)
+        params, prm_cfg = load_prm(proc.prm_workdir, model, section)
         out["prm_params"] = jax.device_put(params, parallel.replicated(mesh))
         out["prm_score"] = jax.jit(
             lambda params, *batch: prm.score_responses(params, prm_cfg, *batch, **step_args),
             out_shardings=parallel.batch_sharding(mesh),
         )
     return out
+
+
+def score_on_host(
+    process: dict[str, Any] | None,
+    host: dict[str, np.ndarray],
+    prompt_texts: list[str],
+    texts: list[str],
+    group_size: int,
+) -> None:
+    """Fills host["step_scores"] / host["step_mask"] with the checker's scores of
+    the decoded rollout (prompt-major, `group_size` responses per prompt text);
+    nothing for a learned PRM or with process rewards off."""
+    if process is None or process["checker"] is None:
+        return
+    host["step_scores"], host["step_mask"] = step_checkers.step_scores(
+        list(np.repeat(np.asarray(prompt_texts, dtype=object), group_size)),
+        texts,
+        process["step_args"]["max_steps"],
+        checker=process["checker"],
+    )
 
 
 def step_scores(
@@ -331,16 +399,28 @@ def advantages(
         jnp.asarray(outcome_adv_N, jnp.float32),
     )
     stats = jax.tree.map(np.asarray, stats)
-    metrics = {
-        "steps_per_response": float(stats["num_steps_N"].mean()),
+    return np.asarray(adv_NxT), metrics(stats, scores_NxS, host_mask_NxS)
+
+
+def metrics(
+    stats: dict[str, np.ndarray], scores_NxS: np.ndarray, host_mask_NxS: np.ndarray | None
+) -> dict[str, float]:
+    """The logged process metrics from per-row stats (`token_advantages`' or PPO's).
+
+    steps_per_response, step_overflow (rows with more steps than slots),
+    process_return (the first step's return before any baseline),
+    process_score_sum / _min (of p), and, for checker scores, step_mismatch
+    (rows whose host step count differs from the jitted segmentation).
+    """
+    num_steps_N = stats["num_steps_N"]
+    out = {
+        "steps_per_response": float(num_steps_N.mean()),
         "step_overflow": float(stats["overflow_N"].mean()),
         "process_return": float(stats["return_N"].mean()),
         "process_score_sum": float(stats["score_sum_N"].mean()),
-        "process_score_min": float(
-            np.where(stats["num_steps_N"] > 0, stats["score_min_N"], 0).mean()
-        ),
+        "process_score_min": float(np.where(num_steps_N > 0, stats["score_min_N"], 0).mean()),
     }
     if host_mask_NxS is not None:
-        _, mismatch_N = read_into_slots(scores_NxS, host_mask_NxS, stats["num_steps_N"])
-        metrics["step_mismatch"] = float(mismatch_N.mean())
-    return np.asarray(adv_NxT), metrics
+        _, mismatch_N = read_into_slots(scores_NxS, host_mask_NxS, num_steps_N)
+        out["step_mismatch"] = float(mismatch_N.mean())
+    return out

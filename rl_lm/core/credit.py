@@ -14,6 +14,9 @@ G_s, 0 off the response.
 - GRPO process supervision: group-normalized steps, then sum-form with gamma = 1.
 - PRIME: implicit token rewards beta (lp_phi - lp_ref), leave-one-out per source,
   returns by reverse cumulative sum over tokens.
+- For a learner that sums token rewards (PPO), any G becomes step rewards
+  r'_s = G_s - G_{s+1} on step ends (`step_end_rewards`), so that the
+  undiscounted sum from step s on is G_s again.
 
 Rows are grouped prompt-major as in `advantages`: rows g*G .. g*G + G - 1
 are the G completions of prompt g.
@@ -209,6 +212,53 @@ def step_returns(p_NxS, step_mask_NxS, form, transform="none", gamma=1.0, temper
         )
     p_NxS = STEP_TRANSFORMS[transform](p_NxS, step_mask_NxS, eta)
     return CREDIT_FORMS[form](p_NxS, step_mask_NxS, gamma, temperature)
+
+
+def returns_to_step_rewards(G_NxS, step_mask_NxS):
+    """Step rewards whose undiscounted return is G: r'_s = G_s - G_{s+1}, 0 after the last step.
+
+    Identity: sum_{s' >= s} r'_s' = G_s on every existing step s (the sum
+    telescopes), whatever credit form made G. This is how a credit form
+    reaches a learner that sums rewards, such as PPO's GAE: with r'_s on step
+    s's last token (`steps.at_step_ends`), token gamma = lambda = 1 and zero
+    values, every token of step s gets A_t = G_s. By form (r = the step rewards):
+    - sum, gamma = 1: r'_s = r_s; sum, gamma < 1: r'_s = r_s - (1 - gamma) G_{s+1};
+    - strict min: r'_s = min(r_s - G_{s+1}, 0) before the last step, r' = r on
+      it: a step costs only what it falls below every later step, and a step
+      no worse than those (a padded correct one) earns exactly 0 (PURE's
+      min-form credit written as rewards);
+    - soft min: r'_s = w_s r_s, PURE's softmin-reweighted step rewards.
+    It is `delta_transform` of the returns: Delta inverts the gamma = 1 sum-form.
+
+    Args:
+        G_NxS: step returns (e.g. `step_returns`).
+        step_mask_NxS: existing steps (a prefix of each row).
+
+    Returns:
+        r'_NxS, 0 on absent steps.
+    """
+    return delta_transform(G_NxS, step_mask_NxS)
+
+
+def step_end_rewards(p_NxS, seg, form, transform="none", gamma=1.0, temperature=0.1, eta=0.0):
+    """Token rewards at step ends whose undiscounted sum from any token of step s on is G_s.
+
+    G = `step_returns`(p, form, transform, ...); r' = `returns_to_step_rewards`(G)
+    sits on each step's last token, so sum_{t' >= t} r_t' = G_s for every token
+    t of step s (tokens after the last step end carry nothing).
+
+    Args:
+        p_NxS: step rewards.
+        seg: `steps.segment_steps` of the responses (step_end_NxS,
+            step_mask_NxS, token_step_NxT).
+        form, transform, gamma, temperature, eta: see `step_returns`.
+
+    Returns:
+        (r_NxT, 0 off the step ends; G_NxS, 0 on absent steps).
+    """
+    G_NxS = step_returns(p_NxS, seg.step_mask_NxS, form, transform, gamma, temperature, eta)
+    r_NxS = returns_to_step_rewards(G_NxS, seg.step_mask_NxS)
+    return steps.at_step_ends(r_NxS, seg.step_end_NxS, seg.token_step_NxT), G_NxS
 
 
 def group_normalize_steps(p_NxS, step_mask_NxS, group_size, eps=1e-6):

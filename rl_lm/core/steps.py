@@ -166,6 +166,28 @@ def steps_to_tokens(x_NxS, token_step_NxT):
     return jnp.where(token_step_NxT >= 0, x_NxT, jnp.zeros_like(x_NxT))
 
 
+def at_step_ends(x_NxS, step_end_NxS, token_step_NxT):
+    """Puts each step's value on its last token, 0 on every other token.
+
+    The inverse of `values_at_step_ends`: reading the result back at the step
+    ends gives x, and its sum over the tokens of step s is x_s (a merged
+    overflow slot ends at the row's last response token).
+
+    Args:
+        x_NxS: per-step values (e.g. step rewards).
+        step_end_NxS: from `segment_steps`.
+        token_step_NxT: from `segment_steps` (-1 off the response).
+
+    Returns:
+        x_NxT, 0 off the step ends.
+    """
+    end_NxT = steps_to_tokens(step_end_NxS, token_step_NxT)
+    t = jnp.shape(token_step_NxT)[1]
+    is_end_NxT = (token_step_NxT >= 0) & (end_NxT == jnp.arange(t)[None, :])
+    x_NxT = steps_to_tokens(x_NxS, token_step_NxT)
+    return jnp.where(is_end_NxT, x_NxT, jnp.zeros_like(x_NxT))
+
+
 def sum_per_step(x_NxT, token_step_NxT, max_steps):
     """Sums a per-token quantity over the tokens of each step.
 

@@ -293,3 +293,99 @@ def test_min_form_token_advantages_end_to_end_under_jit():
 
     adv = token_advantages(tokens, m, jnp.array([[0.9, -0.5, 0.7, -100.0]]))
     np.testing.assert_allclose(adv[0], [-0.5] * 13 + [0.7] * 7 + [0.0] * 4)
+
+
+RETURN_FORMS = {
+    "sum_g1": lambda p, m: credit.sum_form_returns(p, m, 1.0),
+    "sum_g09": lambda p, m: credit.sum_form_returns(p, m, 0.9),
+    "min": credit.strict_min_returns,
+    "soft_min": lambda p, m: credit.soft_min_returns(p, m, 0.1),
+    "min_delta": lambda p, m: credit.step_returns(p, m, "min", "delta"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RETURN_FORMS))
+def test_step_rewards_sum_back_to_the_returns_of_every_form(name):
+    """sum_{s' >= s} r'_s' = G_s on existing steps; padded slots never read, r' 0 there."""
+    expected = to_padded([ref_rows for ref_rows in _returns_of(name)])
+    for fill in [0.0, -1e9, np.nan]:
+        p, mask = padded(ROWS, fill)
+        G = jax.jit(RETURN_FORMS[name])(p, mask)
+        np.testing.assert_allclose(G, expected, rtol=1e-5, atol=1e-6)
+        # Garbage in the returns' padded slots is never read either.
+        r = jax.jit(credit.returns_to_step_rewards)(np.where(mask, G, fill), mask)
+        assert not np.asarray(r)[~mask].any()
+        reverse_cumsum = np.flip(np.cumsum(np.flip(np.asarray(r), 1), 1), 1)
+        np.testing.assert_allclose(np.where(mask, reverse_cumsum, 0), expected, atol=1e-6)
+
+
+def _returns_of(name):
+    refs = {
+        "sum_g1": lambda r: ref_sum(r, 1.0),
+        "sum_g09": lambda r: ref_sum(r, 0.9),
+        "min": ref_min,
+        "soft_min": lambda r: ref_soft_min(r, 0.1),
+        "min_delta": lambda r: ref_min(ref_delta(r)),
+    }
+    return [refs[name](row) for row in ROWS]
+
+
+def test_step_rewards_by_hand():
+    p, mask = padded([[0.5, -0.2, 0.8]], np.nan)
+    # sum-form, gamma = 1: the step rewards themselves.
+    np.testing.assert_allclose(
+        credit.returns_to_step_rewards(credit.sum_form_returns(p, mask), mask),
+        np.where(mask, p, 0),
+        atol=1e-6,
+    )
+    # min: G = -0.2, -0.2, 0.8, so r' = 0, -1.0, 0.8: min(r_s - G_{s+1}, 0), r on the last step.
+    np.testing.assert_allclose(
+        credit.returns_to_step_rewards(credit.strict_min_returns(p, mask), mask),
+        [[0.0, -1.0, 0.8, 0, 0]],
+        atol=1e-6,
+    )
+    # soft min: r'_s = w_s r_s.
+    w = credit.soft_min_weights(p, mask, 0.1)
+    np.testing.assert_allclose(
+        credit.returns_to_step_rewards(credit.soft_min_returns(p, mask, 0.1), mask),
+        w * np.where(mask, p, 0),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+
+
+def test_min_form_step_rewards_pay_nothing_for_a_repeated_good_step():
+    honest, mask_h = padded([[0.9, 0.2]], 0.0)
+    repeated, mask_r = padded([[0.9, 0.9, 0.9, 0.2]], 0.0)
+    r_h = credit.returns_to_step_rewards(credit.strict_min_returns(honest, mask_h), mask_h)
+    r_r = credit.returns_to_step_rewards(credit.strict_min_returns(repeated, mask_r), mask_r)
+    np.testing.assert_allclose(r_h[0, :2], [0.0, 0.2], atol=1e-6)
+    np.testing.assert_allclose(r_r[0, :4], [0.0, 0.0, 0.0, 0.2], atol=1e-6)
+
+
+def test_step_end_rewards_under_jit_return_G_from_every_token():
+    text = "1+2=3\n3*4=12\n#### 12"
+    tokens = np.full((2, 24), 256, np.int32)
+    tokens[0, : len(text)] = list(text.encode())
+    tokens[1, :5] = list(b"7\n8\n9")  # 3 steps in 2 slots: the last slot merges "8\n9"
+    m = (tokens != 256).astype(np.int32)
+
+    @jax.jit
+    def rewards(tokens, m, p):
+        seg = steps.segment_steps(tokens, m, 10, max_steps=2 if p.shape[1] == 2 else 4)
+        r_NxT, G_NxS = credit.step_end_rewards(p, seg, "min")
+        back_NxS = steps.values_at_step_ends(r_NxT, seg.step_end_NxS, seg.step_mask_NxS)
+        return r_NxT, G_NxS, back_NxS, steps.steps_to_tokens(G_NxS, seg.token_step_NxT)
+
+    r, G, back, G_tokens = rewards(tokens[:1], m[:1], jnp.array([[0.9, -0.5, 0.7, -100.0]]))
+    np.testing.assert_allclose(G[0], [-0.5, -0.5, 0.7, 0.0], atol=1e-6)
+    # r' on the ends (positions 5, 12, 19): -0.5 - (-0.5) = 0, -0.5 - 0.7, 0.7.
+    want = np.zeros(24)
+    want[[5, 12, 19]] = [0.0, -1.2, 0.7]
+    np.testing.assert_allclose(r[0], want, atol=1e-6)
+    np.testing.assert_allclose(back[0], [0.0, -1.2, 0.7, 0.0], atol=1e-6)
+    np.testing.assert_allclose(np.flip(np.cumsum(np.flip(r[0]))), G_tokens[0], atol=1e-6)
+    # Overflow: the merged last slot's reward sits on the row's last token; G = 0.5, 0.8 (min).
+    r, G, _, G_tokens = rewards(tokens[1:], m[1:], jnp.array([[0.5, 0.8]]))
+    np.testing.assert_allclose(r[0, :5], [0.0, -0.3, 0.0, 0.0, 0.8], atol=1e-6)
+    np.testing.assert_allclose(np.flip(np.cumsum(np.flip(r[0]))), G_tokens[0], atol=1e-6)
