@@ -36,7 +36,7 @@ CPU smoke run:
 
 Other options: source=prm with --config.grpo.process.prm_workdir=runs/prm_chain (a
 configs/prm_chain.py run), --config.grpo.process.transform=clip|delta,
---config.grpo.process.baseline=loo|none.
+--config.grpo.process.baseline=group_norm|none.
 """
 
 import ml_collections
@@ -86,7 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.grpo.process.update(
         source=arg.source,
         form=arg.form,
-        baseline="group_norm",
+        baseline="loo",  # PURE: leave-one-out
         outcome_weight=outcome_weight,
         max_steps=12,
     )

@@ -11,8 +11,9 @@ so every step line stays short. The default (3 operations, 2-digit values,
 Two kinds, as configs:
 - "sft": prompt, response (the canonical solution, one step per line), answer;
   with `restate` > 0, that percentage of the demonstrations writes one of its
-  operation steps twice in a row (a restatement, as human solutions sometimes
-  do), so that a policy tuned on them samples restatements now and then;
+  lines (an operation step or the answer line, uniformly) twice in a row (a
+  restatement, as human solutions sometimes do), so that a policy tuned on them
+  samples restatements now and then;
 - "prm": prompt, response, answer, labels: step-labelled responses for a
   discriminative PRM. Half are canonical (labels "1111"), half have a wrong
   result at a uniform step k (the answer line included) by a small offset,
@@ -256,7 +257,7 @@ def make_examples(config: ChainConfig) -> dict[str, list[dict[str, str]]]:
         for prompt in prompts:
             lines = steps.solve(prompt)
             if f["restate"] and restate_rng.random() < f["restate"] / 100:
-                k = int(restate_rng.integers(f["num_ops"]))
+                k = int(restate_rng.integers(len(lines)))
                 lines.insert(k + 1, lines[k])
             row = {
                 "prompt": prompt,
@@ -278,7 +279,8 @@ def make_examples(config: ChainConfig) -> dict[str, list[dict[str, str]]]:
 class Chain(tfds.core.GeneratorBasedBuilder):
     """tfds builder of the chain datasets ("chain/sft", "chain/prm", ...)."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.1.0": "The restate field (sft demonstrations that restate a line)."}
     BUILDER_CONFIGS = list(PRESETS.values())
     DEFAULT_CONFIG_NAME = "sft"
 

@@ -108,20 +108,22 @@ def test_restated_demonstrations_repeat_one_step_and_keep_the_rest():
     plain = chain.make_examples(chain.chain_config(**SMALL))
     rows = chain.make_examples(chain.chain_config(restate=30, **SMALL))
     assert chain.chain_config(restate=30, **SMALL).name == "sft_train300_test60_restate30"
-    restated = 0
+    restated, restated_at = 0, set()
     for r, p in zip(rows["train"] + rows["test"], plain["train"] + plain["test"], strict=True):
         assert r["prompt"] == p["prompt"] and r["answer"] == p["answer"]
         lines, canonical = r["response"].split("\n"), p["response"].split("\n")
         if lines == canonical:
             continue
         restated += 1
-        # One operation step written twice in a row; dropping it gives the canonical lines.
-        k = next(i for i in range(len(canonical)) if lines[i] != canonical[i]) - 1
-        assert k < len(canonical) - 1 and lines[k] == lines[k + 1]
+        # One line written twice in a row; dropping it gives the canonical lines.
+        k = next(i for i, c in enumerate([*canonical, None]) if lines[i] != c) - 1
+        assert lines[k] == lines[k + 1]
+        restated_at.add(k)
         assert lines[: k + 1] + lines[k + 2 :] == canonical
         assert steps.restate_labels(r["prompt"], r["response"]) == [1] * len(lines)
         assert steps.strict_labels(r["prompt"], r["response"])[k + 1] == 0
     assert 0.2 < restated / 360 < 0.4
+    assert restated_at == {0, 1, 2, 3}  # the answer line too
     with pytest.raises(ValueError, match="percentage"):
         chain.chain_config(restate=101)
     with pytest.raises(ValueError, match="kind='sft'"):
