@@ -1,6 +1,6 @@
 """The PURE comparison on the chain task: credit forms and reward sources side by side.
 
-    python -m experiments.pure_summary --runs=sum=runs/local_sum,min=runs/local_min \
+    python -m experiments.pure_summary --runs=sum=runs/pure_sum,min=runs/pure_min \
         --out=docs/pure_chain.png
 
 Every run is a configs/pure_chain.py run from one SFT warm start. The figure
@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from rl_lm import analysis
 
-_RUNS = flags.DEFINE_list("runs", ["sum=runs/local_sum", "min=runs/local_min"], "label=workdir")
+_RUNS = flags.DEFINE_list("runs", ["sum=runs/pure_sum", "min=runs/pure_min"], "label=workdir")
 _OUT = flags.DEFINE_string("out", "docs/pure_chain.png", "PNG to write.")
 _SMOOTH = flags.DEFINE_integer("smooth", 5, "Moving-average window, in logged points.")
 _TAIL = flags.DEFINE_integer("tail", 50, "Steps averaged at the start and the end of the table.")

@@ -35,11 +35,13 @@ Two checkers, both 1/0 per step:
   answer ("51-7=44", "#### 44", "44-7=37", "#### 37") scores 1 per step, as do
   skipped or reordered operations; "1+1=2" does not.
 - restate (a PRM that checks progress but pays for restating, the PURE
-  failure in its plainest form): strict on new steps, but a line that repeats
-  a step the response already wrote, while it is still on track, also scores
-  1 and does not advance the chain. Under min-form a restatement changes
-  nothing (min of ones); under sum-form every restatement earns a step reward,
-  up to the response budget, where the cut-off response loses its answer.
+  failure in its plainest form): strict on new steps (1 while the response
+  follows the canonical solution, 0 from the first slip on), but a verbatim
+  repeat of any line already written scores 1, right or wrong, and does not
+  advance the chain: it looks like a valid step. Under min-form a restatement
+  changes nothing (the min is already set by the other steps); under sum-form
+  every restatement earns a step reward, up to the response budget, where the
+  cut-off response loses its answer.
 """
 
 from __future__ import annotations
@@ -149,15 +151,19 @@ def local_labels(prompt: str, response: str) -> list[int]:
 
 
 def restate_labels(prompt: str, response: str) -> list[int]:
-    """Strict labels, except a repeat of a line already written while on track scores 1."""
+    """Strict labels on new steps, but a verbatim repeat of any earlier line scores 1."""
     canonical = solve(prompt)
-    labels, done, ok = [], 0, True
+    labels, done, ok, seen = [], 0, True, set()
     for line in split_steps(response):
         if ok and done < len(canonical) and line == canonical[done]:
             done += 1
-        elif not (ok and line in canonical[:done]):
+            labels.append(1)
+        elif line in seen:
+            labels.append(1)
+        else:
             ok = False
-        labels.append(int(ok))
+            labels.append(0)
+        seen.add(line)
     return labels
 
 

@@ -66,7 +66,9 @@ def test_prompt_round_trip_and_canonical_solution():
         ("", [0], [0], [0], [0]),  # an empty response is one empty step (EOS alone)
         # Restating the answer, a restatement after a slip, a step taken too early.
         (SOLUTION + "\n#### 44", [1, 1, 1, 1, 0], [1] * 5, [1] * 5, [1] * 5),
-        ("12+5=17\n17*3=50\n12+5=17", [1, 0, 0], [1, 0, 1], [1, 0, 0], [1, 0, 0]),
+        ("12+5=17\n17*3=50\n12+5=17", [1, 0, 0], [1, 0, 1], [1, 0, 0], [1, 0, 1]),
+        # Restating a wrong line pays too, and does not put the chain back on track.
+        ("12+5=18\n12+5=18\n17*3=51", [0, 0, 0], [0, 0, 1], [0, 0, 0], [0, 1, 0]),
         ("12+5=17\n51-7=44", [1, 0], [1, 1], [1, 0], [1, 0]),
         (
             "12+5=17\n\n17*3=51",
