@@ -181,7 +181,9 @@ def test_two_trainer_steps_with_process_rewards_on_8_devices(tmp_path, monkeypat
     config.lock()
     prm_cfg = process_rewards.prm_model_config(config.model)
     prm_params = tf.init_params(prm_cfg, jax.random.PRNGKey(5))
-    monkeypatch.setattr(process_rewards, "load_prm", lambda workdir, model, section: (prm_params, prm_cfg))
+    monkeypatch.setattr(
+        process_rewards, "load_prm", lambda workdir, model, section: (prm_params, prm_cfg)
+    )
     mesh = parallel.make_mesh(config.mesh)
     assert mesh.devices.size == 8
     init = tf.init_params(common.model_config(config.model), jax.random.PRNGKey(3))
