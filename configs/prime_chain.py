@@ -80,15 +80,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train = base.train(
         num_steps=300, log_every=10, eval_every=50, ckpt_every=100, eval_at_start=True
     )
-    warm = sft_arith.get_config()
-    warm.unlock()
-    warm.model = config.model
-    warm.data.update(name="chain/sft", max_len=48, max_prompt_len=16)
-    warm.eval.max_new_tokens = 32
-    warm.train = base.train(
-        num_steps=arg.sft_steps, log_every=50, eval_every=arg.sft_steps, ckpt_every=500
-    )
-    config.warm_start = warm
     if arg.runlocal:
         config.model = base.model("tiny", max_seq_len=64)
         config.data.update(name="chain/sft_train256_test32", batch_size=8)
@@ -98,11 +89,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.train = base.train(
             num_steps=4, log_every=2, eval_every=2, ckpt_every=2, eval_at_start=True
         )
-        warm.model = config.model
-        warm.data.update(name="chain/sft_train256_test32", batch_size=16)
-        warm.eval.update(num_examples=16, batch_size=16)
-        warm.optim.warmup_steps = 2
-        warm.train = base.train(num_steps=4, log_every=2, eval_every=2, ckpt_every=2)
-    warm.lock()
+    config.warm_start = sft_arith.chain_warm_start(config.model, arg.sft_steps, arg.runlocal)
     config.lock()
     return config

@@ -53,24 +53,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     config.optim = base.optim(lr=1e-3, warmup_steps=50, schedule="cosine")
     config.train = base.train(num_steps=1000, log_every=50, eval_every=200, ckpt_every=500)
-    warm = sft_arith.get_config()
-    warm.unlock()
-    warm.model = base.model("cpu", **shape)
-    warm.data.update(name="chain/sft", max_len=48, max_prompt_len=16)
-    warm.eval.max_new_tokens = 32
-    warm.train = base.train(
-        num_steps=arg.sft_steps, log_every=50, eval_every=arg.sft_steps, ckpt_every=500
+    config.warm_start = sft_arith.chain_warm_start(
+        base.model("cpu", **shape), arg.sft_steps, arg.runlocal
     )
-    config.warm_start = warm
     if arg.runlocal:
         config.data.update(name="chain/prm_train256_test32", batch_size=16)
         config.eval.update(num_examples=32, batch_size=16)
         config.optim.warmup_steps = 2
         config.train = base.train(num_steps=4, log_every=2, eval_every=2, ckpt_every=2)
-        warm.data.update(name="chain/sft_train256_test32", batch_size=16)
-        warm.eval.update(num_examples=16, batch_size=16)
-        warm.optim.warmup_steps = 2
-        warm.train = base.train(num_steps=4, log_every=2, eval_every=2, ckpt_every=2)
-    warm.lock()
     config.lock()
     return config

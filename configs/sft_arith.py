@@ -52,3 +52,42 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.train = base.train(num_steps=6, log_every=2, eval_every=3, ckpt_every=3)
     config.lock()
     return config
+
+
+def chain_warm_start(
+    model: ml_collections.ConfigDict,
+    sft_steps: int,
+    runlocal: bool,
+    *,
+    name: str = "chain/sft",
+    small_name: str = "chain/sft_train256_test32",
+    max_len: int = 48,
+    max_new_tokens: int = 32,
+) -> ml_collections.ConfigDict:
+    """The SFT warm-start stage of the chain configs (PRM, PURE, PRIME, PPO).
+
+    Args:
+      model: the model section, the later stage's (so the params fit it).
+      sft_steps: SFT steps.
+      runlocal: the CPU smoke version (4 steps on `small_name`).
+      name: the chain dataset of demonstrations.
+      small_name: its 256-example version for runlocal.
+      max_len: SFT row length ([BOS] + prompt + response + [EOS]).
+      max_new_tokens: held-out greedy decoding budget.
+    """
+    warm = get_config()
+    warm.unlock()
+    warm.model = model
+    warm.data.update(name=small_name if runlocal else name, max_len=max_len, max_prompt_len=16)
+    warm.eval.max_new_tokens = max_new_tokens
+    if runlocal:
+        warm.data.batch_size = 16
+        warm.eval.update(num_examples=16, batch_size=16)
+        warm.optim.warmup_steps = 2
+        warm.train = base.train(num_steps=4, log_every=2, eval_every=2, ckpt_every=2)
+    else:
+        warm.train = base.train(
+            num_steps=sft_steps, log_every=50, eval_every=sft_steps, ckpt_every=500
+        )
+    warm.lock()
+    return warm
