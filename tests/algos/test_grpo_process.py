@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from configs import pure_chain
-from rl_lm import parallel
-from rl_lm.algos import common, grpo, grpo_loss, process_rewards
+from rl_lm.algos import grpo, grpo_loss, process_rewards
 from rl_lm.core import aggregation, losses
 from rl_lm.models import transformer as tf
 from rl_lm.models.config import get_model_config
@@ -210,7 +209,9 @@ def test_validate_names_the_process_field():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("form, source", [("min", "lenient"), ("sum", "prm")])
-def test_two_trainer_steps_with_process_rewards_on_8_devices(tmp_path, monkeypatch, form, source):
+def test_two_trainer_steps_with_process_rewards_on_8_devices(
+    tmp_path, random_prm, two_trainer_steps, form, source
+):
     config = pure_chain.get_config(f"runlocal,form={form},outcome_weight=0.1")
     config.unlock()
     config.data.data_dir = str(tmp_path / "data")
@@ -218,19 +219,8 @@ def test_two_trainer_steps_with_process_rewards_on_8_devices(tmp_path, monkeypat
     # nothing to learn from, while r = 2p - 1 = -1 without a baseline pushes them down.
     config.grpo.process.update(baseline="none", source=source, prm_workdir=str(tmp_path))
     config.lock()
-    prm_cfg = process_rewards.prm_model_config(config.model)
-    prm_params = tf.init_params(prm_cfg, jax.random.PRNGKey(5))
-    monkeypatch.setattr(
-        process_rewards, "load_prm", lambda workdir, model, section: (prm_params, prm_cfg)
-    )
-    mesh = parallel.make_mesh(config.mesh)
-    assert mesh.devices.size == 8
-    init = tf.init_params(common.model_config(config.model), jax.random.PRNGKey(3))
-    trainer = grpo.make_trainer(config, mesh, init_from=init)
-    state = trainer.init_state(jax.random.PRNGKey(0))
-    batches = trainer.batches(0)
-    for _ in range(2):
-        state, metrics = trainer.step(state, next(batches))
+    random_prm(config.model)
+    trainer, state, metrics, init = two_trainer_steps(grpo.make_trainer, config)
     assert int(state["step"]) == 2
     for name in ("steps_per_response", "process_return", "train_accuracy", "loss"):
         assert np.isfinite(metrics[name]), name

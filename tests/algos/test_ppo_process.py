@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 
 from configs import ppo_chain
-from rl_lm import parallel
-from rl_lm.algos import common, ppo, ppo_loss, process_rewards
-from rl_lm.models import transformer as tf
+from rl_lm.algos import ppo, ppo_loss
 from rl_lm.models.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()
@@ -173,25 +171,16 @@ def test_validate_accepts_plain_ppo_and_discounted_sum_form():
         pytest.param("soft_min", "prm", marks=pytest.mark.slow),
     ],
 )
-def test_two_trainer_steps_with_process_rewards_on_8_devices(tmp_path, monkeypatch, form, source):
+def test_two_trainer_steps_with_process_rewards_on_8_devices(
+    tmp_path, random_prm, two_trainer_steps, form, source
+):
     config = ppo_chain.get_config(f"runlocal,form={form},source={source!r}")
     config.unlock()
     config.data.data_dir = str(tmp_path / "data")
     config.ppo.process.prm_workdir = str(tmp_path)
     config.lock()
-    prm_cfg = process_rewards.prm_model_config(config.model)
-    prm_params = tf.init_params(prm_cfg, jax.random.PRNGKey(5))
-    monkeypatch.setattr(
-        process_rewards, "load_prm", lambda workdir, model, section: (prm_params, prm_cfg)
-    )
-    mesh = parallel.make_mesh(config.mesh)
-    assert mesh.devices.size == 8
-    init = tf.init_params(common.model_config(config.model), jax.random.PRNGKey(3))
-    trainer = ppo.make_trainer(config, mesh, init_from=init)
-    state = trainer.init_state(jax.random.PRNGKey(0))
-    batches = trainer.batches(0)
-    for _ in range(2):
-        state, metrics = trainer.step(state, next(batches))
+    random_prm(config.model)
+    trainer, state, metrics, init = two_trainer_steps(ppo.make_trainer, config)
     updates = config.ppo.num_epochs * config.ppo.num_minibatches
     assert int(state["step"]) == 2 * updates
     for name in ("steps_per_response", "process_return", "loss", "vf_loss", "returns"):
