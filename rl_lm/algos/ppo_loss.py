@@ -213,14 +213,7 @@ def process_token_rewards(
     r_NxT, G_NxS = credit.step_end_rewards(
         2.0 * p_NxS - 1.0, seg, form, transform, gamma, temperature, eta
     )
-    stats = {
-        "num_steps_N": seg.num_steps_N,
-        "overflow_N": seg.overflow_N,
-        "return_N": G_NxS[:, 0],
-        "score_sum_N": jnp.sum(p_NxS, axis=1),
-        "score_min_N": jnp.min(jnp.where(mask_NxS, p_NxS, jnp.inf), axis=1),
-    }
-    return r_NxT, stats
+    return r_NxT, process_rewards.row_stats(seg, p_NxS, G_NxS[:, 0])
 
 
 def response_hidden(params: Params, model_cfg: ModelConfig, batch: dict[str, jax.Array]):

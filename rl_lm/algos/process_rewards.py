@@ -246,15 +246,22 @@ def token_advantages(
     adv_NxT = credit.combine_with_outcome(
         process_NxT, outcome_adv_N, m_NxT, process_weight, outcome_weight
     )
+    return adv_NxT, row_stats(st, scores_NxS, raw_G_NxS[:, 0])
+
+
+def row_stats(st: Any, scores_NxS: jax.Array, return_N: jax.Array) -> dict[str, jax.Array]:
+    """Per-row step statistics for `metrics`: num_steps_N, overflow_N, return_N,
+    score_sum_N and score_min_N of p over the existing steps of `st`
+    (`segment_steps`' result); jittable."""
+    mask_NxS = st.step_mask_NxS
     p_NxS = scores_NxS.astype(jnp.float32)
-    stats = {
+    return {
         "num_steps_N": st.num_steps_N,
         "overflow_N": st.overflow_N,
-        "return_N": raw_G_NxS[:, 0],
+        "return_N": return_N,
         "score_sum_N": jnp.sum(jnp.where(mask_NxS, p_NxS, 0), axis=1),
         "score_min_N": jnp.min(jnp.where(mask_NxS, p_NxS, jnp.inf), axis=1),
     }
-    return adv_NxT, stats
 
 
 def advantage_kwargs(cfg: Any, group_size: int, step_arguments: dict[str, Any]) -> dict[str, Any]:

@@ -1,11 +1,13 @@
 """Shared pieces of the trainer tests with process rewards (GRPO and PPO)."""
 
 import jax
+import numpy as np
 import pytest
 
 from rl_lm import parallel
 from rl_lm.algos import common, process_rewards
 from rl_lm.models import transformer as tf
+from rl_lm.models.tokenizer import ByteTokenizer
 
 
 @pytest.fixture
@@ -40,3 +42,20 @@ def _two_trainer_steps(make_trainer, config):
     for _ in range(2):
         state, metrics = trainer.step(state, next(batches))
     return trainer, state, metrics, init
+
+
+@pytest.fixture
+def byte_responses():
+    """A function of (texts, length): right-padded byte tokens + EOS and their mask,
+    as the sampler returns responses."""
+    tok = ByteTokenizer()
+
+    def responses(texts, length):
+        tokens = np.full((len(texts), length), tok.pad_id, np.int32)
+        mask = np.zeros((len(texts), length), np.int32)
+        for i, text in enumerate(texts):
+            ids = tok.encode(text, add_eos=True)[:length]
+            tokens[i, : len(ids)], mask[i, : len(ids)] = ids, 1
+        return tokens, mask
+
+    return responses

@@ -21,16 +21,6 @@ TOK = ByteTokenizer()
 G, S, T = 2, 4, 24
 
 
-def _responses(texts, length=T):
-    """Right-padded byte tokens + EOS and their mask, as the sampler returns them."""
-    tokens = np.full((len(texts), length), TOK.pad_id, np.int32)
-    mask = np.zeros((len(texts), length), np.int32)
-    for i, text in enumerate(texts):
-        ids = TOK.encode(text, add_eos=True)[:length]
-        tokens[i, : len(ids)], mask[i, : len(ids)] = ids, 1
-    return tokens, mask
-
-
 # Four rows, two groups of two; steps end at "\n" and at the last token (EOS joins the last step).
 TEXTS = ["1+1=2\n2*3=6\n#### 6", "ab\ncd", "x\ny\nz\nw", "q"]
 SCORES = np.array(
@@ -86,8 +76,8 @@ def _advantages(scores, tokens, mask, outcome, **kw):
 
 @pytest.mark.parametrize("form", ["sum", "min"])
 @pytest.mark.parametrize("baseline, w", [("none", 0.0), ("group_norm", 0.1)])
-def test_token_advantages_match_numpy(form, baseline, w):
-    tokens, mask = _responses(TEXTS)
+def test_token_advantages_match_numpy(form, baseline, w, byte_responses):
+    tokens, mask = byte_responses(TEXTS, T)
     assert list(_token_steps_np(tokens, mask).max(1) + 1) == NUM_STEPS
     outcome = np.array([0.5, -0.5, 1.0, -1.0], np.float32)
     gamma = 0.9 if form == "sum" and baseline == "none" else 1.0
@@ -106,8 +96,8 @@ def test_token_advantages_match_numpy(form, baseline, w):
 
 
 @pytest.mark.parametrize("baseline", ["none", "group_norm", "loo"])
-def test_padded_steps_are_never_read_by_min_form(baseline):
-    tokens, mask = _responses(TEXTS)
+def test_padded_steps_are_never_read_by_min_form(baseline, byte_responses):
+    tokens, mask = byte_responses(TEXTS, T)
     absent = np.arange(S)[None] >= np.array(NUM_STEPS)[:, None]
     clean = np.where(absent, 0, SCORES).astype(np.float32)
     dirty = clean.copy()
@@ -122,14 +112,14 @@ def test_padded_steps_are_never_read_by_min_form(baseline):
         np.testing.assert_allclose(a[1][step1], 0.8, rtol=1e-6)
 
 
-def test_repeating_a_correct_step_pays_under_sum_form_only():
+def test_repeating_a_correct_step_pays_under_sum_form_only(byte_responses):
     prompt = "12 +5 *3 -7:"
     good = "12+5=17\n17*3=51\n51-7=44\n#### 44"
     padded = "12+5=17\n12+5=17\n1+1=2\n17*3=51\n51-7=44\n#### 44"
     texts = [good, padded]
     scores, _ = step_checkers.step_scores([prompt] * 2, texts, 8, checker="lenient")
     assert scores.sum(1).tolist() == [4, 6]  # the lenient "PRM" pays every padded step
-    tokens, mask = _responses(texts, length=64)
+    tokens, mask = byte_responses(texts, 64)
     kw = dict(group_size=2, max_steps=8, eos_id=TOK.eos_id, baseline="none")
     fn = lambda form: jax.jit(functools.partial(process_rewards.token_advantages, form=form, **kw))(
         jnp.asarray(scores), tokens, mask, jnp.zeros(2)

@@ -25,16 +25,6 @@ SCORES = np.array(
 ABSENT = np.arange(S)[None] >= NUM_STEPS[:, None]
 
 
-def _responses(texts, length=T):
-    """Right-padded byte tokens + EOS and their mask, as the sampler returns them."""
-    tokens = np.full((len(texts), length), TOK.pad_id, np.int32)
-    mask = np.zeros((len(texts), length), np.int32)
-    for i, text in enumerate(texts):
-        ids = TOK.encode(text, add_eos=True)[:length]
-        tokens[i, : len(ids)], mask[i, : len(ids)] = ids, 1
-    return tokens, mask
-
-
 def _token_steps_np(tokens, mask):
     """Step index of every response token by a plain loop (-1 off the response)."""
     out = np.full(tokens.shape, -1)
@@ -62,8 +52,7 @@ def _returns_np(form, gamma=1.0, temperature=0.1):
     return out
 
 
-def _rewards(scores, form, **kw):
-    tokens, mask = _responses(TEXTS)
+def _rewards(tokens, mask, scores, form, **kw):
     kw = {"max_steps": S, "eos_id": TOK.eos_id, "form": form, **kw}
     fn = jax.jit(functools.partial(ppo_loss.process_token_rewards, **kw))
     return jax.tree.map(np.asarray, fn(jnp.asarray(scores), tokens, mask))
@@ -72,13 +61,13 @@ def _rewards(scores, form, **kw):
 @pytest.mark.parametrize(
     "form, kw", [("sum", {}), ("sum", {"gamma": 0.8}), ("min", {}), ("soft_min", {})]
 )
-def test_token_return_of_the_step_end_rewards_is_the_credit_form_return(form, kw):
-    tokens, mask = _responses(TEXTS)
+def test_token_return_of_the_step_end_rewards_is_the_credit_form_return(form, kw, byte_responses):
+    tokens, mask = byte_responses(TEXTS, T)
     token_step = _token_steps_np(tokens, mask)
     # Absent step slots hold garbage (far below any score, or NaN): never read.
     dirty = SCORES.copy()
     dirty[ABSENT] = np.resize([-1e6, np.nan], ABSENT.sum())
-    r, stats = _rewards(dirty, form, **kw)
+    r, stats = _rewards(tokens, mask, dirty, form, **kw)
     assert np.isfinite(r).all()
     G = _returns_np(form, **kw)
     reverse_cumsum = np.flip(np.cumsum(np.flip(r, 1), 1), 1)
@@ -94,10 +83,10 @@ def test_token_return_of_the_step_end_rewards_is_the_credit_form_return(form, kw
     np.testing.assert_allclose(stats["return_N"], [g[0] for g in G], rtol=1e-5)
 
 
-def test_min_form_rewards_by_hand():
+def test_min_form_rewards_by_hand(byte_responses):
     # Row 2: r = 1, 1, -0.6, 0.4, G = -0.6, -0.6, -0.6, 0.4, r' = 0, 0, -1, 0.4.
-    r, _ = _rewards(SCORES, "min")
-    tokens, mask = _responses(TEXTS)
+    tokens, mask = byte_responses(TEXTS, T)
+    r, _ = _rewards(tokens, mask, SCORES, "min")
     ends = [t for t in range(T) if mask[2, t] and (tokens[2, t] == 10 or t == mask[2].sum() - 1)]
     np.testing.assert_allclose(r[2, ends], [0.0, 0.0, -1.0, 0.4], atol=1e-6)
 
@@ -110,10 +99,10 @@ def _targets_cfg(**process):
 
 
 @pytest.mark.parametrize("form", ["sum", "min", "soft_min"])
-def test_gae_with_unit_lambda_and_zero_values_gives_step_returns(form):
-    tokens, mask = _responses(TEXTS)
+def test_gae_with_unit_lambda_and_zero_values_gives_step_returns(form, byte_responses):
+    tokens, mask = byte_responses(TEXTS, T)
     token_step = _token_steps_np(tokens, mask)
-    r, _ = _rewards(SCORES, form)
+    r, _ = _rewards(tokens, mask, SCORES, form)
     score = np.array([1.0, -0.5, 0.0, 2.0], np.float32)
     cfg = _targets_cfg(form=form, process_weight=2.0, outcome_weight=0.5)
     zeros = jnp.zeros((len(TEXTS), T))
