@@ -21,8 +21,22 @@ CPU smoke run:
 
     python -m launch.train --config=configs/prm_chain.py:runlocal --workdir=/tmp/prm_smoke
 
-Options: sft_steps=... (config argument), --config.prm.max_steps=...,
---config.data.name=chain/prm_steps4 (longer chains; raise max_len).
+The token head (head=token) reads the LM head instead of a scalar one: q_t, the
+logit of token t at the position before it, is trained as "token t keeps the
+solution on track", and step s scores prod_{t <= end of s} sigmoid(q_t)
+(rl_lm/algos/prm.py), with the dense per-token loss (prm.token_weight 0.5) and
+Adam lr 3e-4. Started from the SFT model, it verifies arithmetic that the scalar
+head never learns to (README, Results). Trained on a policy's own samples
+(experiments/prm_samples.py), as the PURE runs use it:
+
+    python -m experiments.prm_samples --run=runs/pure_sum/warm_start --name=chain_onpolicy \
+        --max_new_tokens=40
+    python -m launch.train --config=configs/prm_chain.py:head=token --workdir=runs/prm_token \
+        --config.data.name=jsonl/chain_onpolicy --config.init.workdir=runs/pure_sum/warm_start
+
+Options: head=scalar|token, sft_steps=... (config arguments), --config.prm.max_steps=...,
+--config.prm.token_weight=..., --config.data.name=chain/prm_steps4 (longer chains;
+raise max_len).
 """
 
 import ml_collections
@@ -33,11 +47,14 @@ from rl_lm.algos import prm
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = base.parse_arg(arg, runlocal=False, sft_steps=1000)
+    arg = base.parse_arg(arg, runlocal=False, sft_steps=1000, head="scalar")
+    if arg.head not in ("scalar", "token"):
+        raise ValueError(f"head={arg.head!r}: choose scalar or token.")
+    token = arg.head == "token"
     shape = dict(dim=64, num_layers=2, mlp_dim=256, max_seq_len=64)
     config = base.experiment(
         "prm",
-        model=base.model("cpu", lm_head=False, scalar_head=True, **shape),
+        model=base.model("cpu", lm_head=token, scalar_head=not token, **shape),
         data=ml_collections.ConfigDict(
             dict(
                 name="chain/prm",
@@ -51,7 +68,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         eval=ml_collections.ConfigDict(dict(num_examples=512, batch_size=256, seed=0)),
         init=base.init(),
     )
-    config.optim = base.optim(lr=1e-3, warmup_steps=50, schedule="cosine")
+    config.optim = base.optim(lr=3e-4 if token else 1e-3, warmup_steps=50, schedule="cosine")
+    config.prm.token_weight = 0.5 if token else 0.0
     config.train = base.train(num_steps=1000, log_every=50, eval_every=200, ckpt_every=500)
     config.warm_start = sft_arith.chain_warm_start(
         base.model("cpu", **shape), arg.sft_steps, arg.runlocal

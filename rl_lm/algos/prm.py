@@ -13,6 +13,15 @@ microbatching and sharding). Labels come from the programmatic checker
 prompt and response, so any dataset of chain prompts and responses (e.g.
 "chain/prm": canonical and corrupted solutions) trains it. `score_responses`
 is the pure scoring function an RL algorithm reuses as its process reward.
+
+Two heads, chosen by the model config:
+- scalar (scalar_head=True): z_s is the scalar head at step s's last token;
+- token (lm_head=True, scalar_head=False): the LM head read as an on-track
+  classifier, q_t = logit of token t from the position before it; sigmoid(q_t)
+  is the probability that token t keeps an on-track prefix on track, and
+  P(steps 1..s right) = prod_{t <= end of s} sigmoid(q_t), so
+  z_s = log P_s - log(1 - P_s). Started from the SFT model, it begins as the
+  policy's own next-token scores, which already tell its slips apart.
 """
 
 from __future__ import annotations
@@ -34,13 +43,21 @@ from rl_lm.core import steps as core_steps
 from rl_lm.data import load_source, sft_batches
 from rl_lm.models.config import ModelConfig
 from rl_lm.models.tokenizer import check_vocab, load_tokenizer
-from rl_lm.models.transformer import Params, forward, init_params, partition_specs, scalar
+from rl_lm.models.transformer import (
+    Params,
+    forward,
+    init_params,
+    logits,
+    partition_specs,
+    scalar,
+)
 from rl_lm.rewards import steps as step_checks
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """PRM options: step slots S and the step delimiter (one token)."""
-    return ml_collections.ConfigDict({"max_steps": 8, "delimiter": "\n"})
+    """PRM options: step slots S, the step delimiter (one token), and `token_weight`,
+    the weight of the dense on-track loss (`token_labels`; 0: step labels only)."""
+    return ml_collections.ConfigDict({"max_steps": 8, "delimiter": "\n", "token_weight": 0.0})
 
 
 def bce_loss(
@@ -69,7 +86,7 @@ def step_logits(
     """The head's logit at every step end of the response part of each row.
 
     Args:
-      params: PRM parameters (cfg.scalar_head).
+      params: PRM parameters (a scalar or a token head, see the module docstring).
       cfg: the model config.
       tokens_NxT: prompt + response token ids, padded on either side.
       real_NxT: 1 on real tokens (attended to).
@@ -81,12 +98,38 @@ def step_logits(
     Returns:
       (logits_NxS, 0 on absent steps; the `Steps` of the responses).
     """
-    if not cfg.scalar_head:
-        raise ValueError("a PRM needs a model with scalar_head=True.")
-    hidden_NxTxD, _ = forward(params, tokens_NxT, cfg, mask_NxT=real_NxT)
-    z_NxT = scalar(params, hidden_NxTxD)
+    z_NxT = token_logits(params, cfg, tokens_NxT, real_NxT)
     st = core_steps.segment_steps(tokens_NxT, response_NxT, delimiter_ids, max_steps, eos_id)
-    return core_steps.values_at_step_ends(z_NxT, st.step_end_NxS, st.step_mask_NxS), st
+    return _step_ends(z_NxT, response_NxT, st, token_head=not cfg.scalar_head), st
+
+
+def token_logits(
+    params: Params, cfg: ModelConfig, tokens_NxT: jax.Array, real_NxT: jax.Array
+) -> jax.Array:
+    """Per-token logits [N, T]: the scalar head's z_t, or for a token head q_t, the
+    LM head's logit of token t read at t - 1 (0 at t = 0)."""
+    if not (cfg.scalar_head or cfg.lm_head):
+        raise ValueError("a PRM needs a model with scalar_head=True or lm_head=True.")
+    hidden_NxTxD, _ = forward(params, tokens_NxT, cfg, mask_NxT=real_NxT)
+    if cfg.scalar_head:
+        return scalar(params, hidden_NxTxD)
+    next_NxTxV = logits(params, hidden_NxTxD[:, :-1], cfg)
+    q_NxT = jnp.take_along_axis(next_NxTxV, tokens_NxT[:, 1:, None], axis=-1)[..., 0]
+    return jnp.pad(q_NxT, ((0, 0), (1, 0)))
+
+
+def _step_ends(z_NxT: jax.Array, response_NxT: jax.Array, st: core_steps.Steps, token_head: bool):
+    """Step logits: z at each step's end, or for a token head logit(P_s) from the
+    running sum of log sigmoid(q_t) over the response."""
+    if not token_head:
+        return core_steps.values_at_step_ends(z_NxT, st.step_end_NxS, st.step_mask_NxS)
+    log_on_NxT = jnp.where(response_NxT > 0, jax.nn.log_sigmoid(z_NxT), 0.0)
+    log_p_NxS = core_steps.values_at_step_ends(
+        jnp.cumsum(log_on_NxT, axis=1), st.step_end_NxS, st.step_mask_NxS
+    )
+    log_p_NxS = jnp.minimum(log_p_NxS, -1e-7)  # P < 1, so log(1 - P) is finite
+    z_NxS = log_p_NxS - jnp.log(-jnp.expm1(log_p_NxS))
+    return jnp.where(st.step_mask_NxS, z_NxS, 0.0)
 
 
 def score_responses(
@@ -128,19 +171,32 @@ def _real_tokens(m_NxT: jax.Array) -> jax.Array:
 
 
 def loss_fn(
-    params: Params, batch: dict[str, jax.Array], model_cfg: ModelConfig, **step_args
+    params: Params,
+    batch: dict[str, jax.Array],
+    model_cfg: ModelConfig,
+    token_weight: float = 0.0,
+    **step_args,
 ) -> tuple[common.Ratio, dict[str, common.Ratio]]:
     """Step BCE of one (micro)batch of `with_step_labels` rows.
 
+    With token_weight w > 0 the batch also carries "token_labels" / "token_mask"
+    (`token_labels`) and the loss adds w times the summed BCE of z_t at every
+    response token against them (for a token head, of q_t up to and including the
+    first off-track token, since q_t is conditional on an on-track prefix):
+    (sum of step BCE + w * sum of token BCE) / number of steps, a sum over rows,
+    so exact under microbatching.
+
     Returns:
-      ((sum of step losses, number of steps), metrics): "step_accuracy" ((z > 0) == y),
+      ((loss numerator, number of steps), metrics): "step_accuracy" ((z > 0) == y),
       "label_mean" (share of correct steps), "label_mask_mismatch" (rows whose
-      checker steps differ from `segment_steps`'s: should be 0), as (sum, count) pairs.
+      checker steps differ from `segment_steps`'s: should be 0), and with w > 0
+      "token_accuracy", as (sum, count) pairs.
     """
     m_NxT = batch["loss_mask"]
-    z_NxS, st = step_logits(
-        params, model_cfg, batch["tokens"], _real_tokens(m_NxT), m_NxT, **step_args
-    )
+    token_head = not model_cfg.scalar_head
+    z_NxT = token_logits(params, model_cfg, batch["tokens"], _real_tokens(m_NxT))
+    st = core_steps.segment_steps(batch["tokens"], m_NxT, **step_args)
+    z_NxS = _step_ends(z_NxT, m_NxT, st, token_head)
     y_NxS = batch["step_labels"]
     num, den = bce_loss(z_NxS, y_NxS, st.step_mask_NxS)
     on_NxS = st.step_mask_NxS.astype(jnp.float32)
@@ -152,21 +208,74 @@ def loss_fn(
         "label_mean": (jnp.sum(y_NxS * on_NxS), den),
         "label_mask_mismatch": (jnp.sum(mismatch_N.astype(jnp.float32)), rows),
     }
+    if token_weight:
+        y_NxT, on_NxT = batch["token_labels"], batch["token_mask"] > 0
+        if token_head:  # q_t is conditional on an on-track prefix: read up to the first slip
+            slips_before_NxT = jnp.cumsum(on_NxT & (y_NxT < 0.5), axis=1) - (on_NxT & (y_NxT < 0.5))
+            on_NxT = on_NxT & (slips_before_NxT == 0)
+        token_num, token_den = bce_loss(z_NxT, y_NxT, on_NxT)
+        num = num + token_weight * token_num
+        right_NxT = ((z_NxT > 0) == (y_NxT > 0.5)) & on_NxT
+        metrics["token_accuracy"] = (jnp.sum(right_NxT.astype(jnp.float32)), token_den)
     return (num, den), metrics
 
 
-def with_step_labels(batch: dict[str, np.ndarray], tokenizer: Any, max_steps: int) -> dict:
+def token_labels(
+    tokenizer: Any, prompt: str, response_ids: Any, eos_ids: tuple[int, ...]
+) -> np.ndarray:
+    """1 on each response token while the text so far can still become the canonical
+    solution (`rewards.steps.solve`), 0 from the first token that leaves it.
+
+    A token is on track when the decoded response up to and including it is a
+    prefix of the canonical text plus one delimiter; an EOS is on track when the
+    response is the whole canonical text (a trailing delimiter allowed, as
+    `strict_labels` allows it). Dense labels that agree with the strict step
+    labels at every step's last token.
+
+    Args:
+      tokenizer: decodes id prefixes.
+      prompt: the chain prompt.
+      response_ids: the response's token ids (its EOS included, if any).
+      eos_ids: ids that end a response.
+    """
+    canonical = step_checks.DELIMITER.join(step_checks.solve(prompt))
+    target = canonical + step_checks.DELIMITER
+    out = np.zeros(len(response_ids), np.float32)
+    for j, token in enumerate(response_ids):
+        text = tokenizer.decode(response_ids[: j + 1])
+        if int(token) in eos_ids:
+            out[j] = float(text in (canonical, target))
+        elif target.startswith(text):
+            out[j] = 1.0
+        else:
+            break  # 0 from here on
+    return out
+
+
+def with_step_labels(
+    batch: dict[str, np.ndarray], tokenizer: Any, max_steps: int, dense: bool = False
+) -> dict:
     """Adds the checker's "step_labels" (float32) and "step_mask" (int32) [B, S] to an sft batch.
 
     The prompt and response of each row are decoded from its tokens (the
     response is where loss_mask is 1), then labelled by `rewards.steps.step_scores`.
+    With `dense`, also "token_labels" (float32) and "token_mask" (int32) [B, T]:
+    `token_labels` on each response token.
     """
     tokens, m = batch["tokens"], batch["loss_mask"]
     prompt_mask = (np.cumsum(m, axis=1) == 0).astype(np.int32)
     prompts = tokenizer.decode_batch(tokens, prompt_mask)
     responses = tokenizer.decode_batch(tokens, m)
     labels, mask = step_checks.step_scores(prompts, responses, max_steps, "strict")
-    return {**batch, "step_labels": labels, "step_mask": mask.astype(np.int32)}
+    out = {**batch, "step_labels": labels, "step_mask": mask.astype(np.int32)}
+    if dense:
+        eos_ids = tuple(tokenizer.eos_ids)
+        out["token_labels"] = np.zeros(tokens.shape, np.float32)
+        out["token_mask"] = (m > 0).astype(np.int32)
+        for i, prompt in enumerate(prompts):
+            at = np.flatnonzero(m[i] > 0)
+            out["token_labels"][i, at] = token_labels(tokenizer, prompt, tokens[i, at], eos_ids)
+    return out
 
 
 def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> common.Trainer:
@@ -179,8 +288,11 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     """
     cfg, data, train = config.prm, config.data, config.train
     model_cfg = common.model_config(config.model)
-    if not model_cfg.scalar_head:
-        raise ValueError("a PRM needs model.scalar_head=True (and lm_head=False).")
+    if not (model_cfg.scalar_head or model_cfg.lm_head):
+        raise ValueError(
+            "a PRM needs model.scalar_head=True (a scalar head) or lm_head=True with "
+            "scalar_head=False (a token head)."
+        )
     tokenizer = load_tokenizer(config.tokenizer)
     check_vocab(tokenizer, model_cfg.vocab_size)
     step_args = process_rewards.step_args_of(cfg, tokenizer, "prm")
@@ -201,7 +313,11 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     init_state, abstract_state, shardings = common.sharded_init(
         mesh, init_fn, lambda a: common.state_specs(a, param_specs, optimizer)
     )
-    loss = functools.partial(loss_fn, model_cfg=model_cfg, **step_args)
+    if cfg.token_weight < 0:
+        raise ValueError(f"prm.token_weight={cfg.token_weight} must be >= 0.")
+    loss = functools.partial(
+        loss_fn, model_cfg=model_cfg, token_weight=float(cfg.token_weight), **step_args
+    )
     schedule = common.learning_rate_schedule(config.optim, train.num_steps)
     update = common.jit_step(
         common.make_update(loss, optimizer, train.num_microbatches, schedule), mesh, shardings
@@ -219,7 +335,8 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
             process_index=jax.process_index() if process_count is None else 0,
             process_count=jax.process_count() if process_count is None else process_count,
         )
-        return (with_step_labels(b, tokenizer, cfg.max_steps) for b in stream)
+        dense = cfg.token_weight > 0
+        return (with_step_labels(b, tokenizer, cfg.max_steps, dense) for b in stream)
 
     def step(state, batch):
         state, metrics = update(state, parallel.shard_batch(batch, mesh, data.batch_size))

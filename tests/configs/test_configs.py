@@ -61,7 +61,11 @@ def test_warm_start_stages_have_the_models_shapes(name, arg):
 
 
 # Config arguments that switch to another trainer or data path than the default's.
-VARIANTS = [("nash_rps.py", "algo=dpo"), ("nash_rps.py", "algo=nash_md")]
+VARIANTS = [
+    ("nash_rps.py", "algo=dpo"),
+    ("nash_rps.py", "algo=nash_md"),
+    ("prm_chain.py", "head=token"),
+]
 
 
 @pytest.mark.slow
