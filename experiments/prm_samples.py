@@ -13,8 +13,9 @@ corruptions alone misses most of those (README, Results). This script samples
 (its `eval.max_new_tokens` budget unless --max_new_tokens), and writes them as
 the JSONL dataset "jsonl/<name>" (kind "sft": prompt, response, answer) that
 the PRM trainer reads and labels step by step with the exact checker
-(`rl_lm.rewards.steps`, as it labels "chain/prm"). It prints the share of wrong steps and of fully right responses.
-Nothing is overwritten unless --overwrite.
+(`rl_lm.rewards.steps`, as it labels "chain/prm"). It prints the share of
+wrong steps and of fully right responses. Nothing is overwritten unless
+--overwrite.
 """
 
 from __future__ import annotations
