@@ -17,11 +17,16 @@ is the pure scoring function an RL algorithm reuses as its process reward.
 Two heads, chosen by the model config:
 - scalar (scalar_head=True): z_s is the scalar head at step s's last token;
 - token (lm_head=True, scalar_head=False): the LM head read as an on-track
-  classifier, q_t = logit of token t from the position before it; sigmoid(q_t)
-  is the probability that token t keeps an on-track prefix on track, and
-  P(steps 1..s right) = prod_{t <= end of s} sigmoid(q_t), so
-  z_s = log P_s - log(1 - P_s). Started from the SFT model, it begins as the
-  policy's own next-token scores, which already tell its slips apart.
+  classifier. The probability that token t keeps an on-track prefix on track
+  is the model's own p_t = p(token t | tokens before it), i.e. its logit is
+  q_t = logit(p_t), and P(steps 1..s right) = prod_{t <= end of s} p_t, the
+  likelihood of the prefix, so z_s = log P_s - log(1 - P_s). The BCE is then
+  likelihood on on-track tokens and unlikelihood, -log(1 - p_t), on the first
+  slip. Started from the SFT model, it begins as the policy's own next-token
+  probabilities, which already tell its slips apart. The softmax matters:
+  with raw logits as q_t, tokens the PRM never saw (e.g. an EOS after one
+  character) kept whatever logit they had, and GRPO learned to stop after
+  one character (README, Results).
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ from rl_lm.models.transformer import (
     scalar,
 )
 from rl_lm.rewards import steps as step_checks
+
+# A token head's p_t is capped just below 1, so that logit(p_t) and log(1 - P_s) stay finite.
+_LOG_P_MAX = -1e-7
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -106,15 +114,17 @@ def step_logits(
 def token_logits(
     params: Params, cfg: ModelConfig, tokens_NxT: jax.Array, real_NxT: jax.Array
 ) -> jax.Array:
-    """Per-token logits [N, T]: the scalar head's z_t, or for a token head q_t, the
-    LM head's logit of token t read at t - 1 (0 at t = 0)."""
+    """Per-token logits [N, T]: the scalar head's z_t, or for a token head
+    q_t = logit p(token t | tokens < t) from the LM head (0 at t = 0)."""
     if not (cfg.scalar_head or cfg.lm_head):
         raise ValueError("a PRM needs a model with scalar_head=True or lm_head=True.")
     hidden_NxTxD, _ = forward(params, tokens_NxT, cfg, mask_NxT=real_NxT)
     if cfg.scalar_head:
         return scalar(params, hidden_NxTxD)
-    next_NxTxV = logits(params, hidden_NxTxD[:, :-1], cfg)
-    q_NxT = jnp.take_along_axis(next_NxTxV, tokens_NxT[:, 1:, None], axis=-1)[..., 0]
+    log_p_NxTxV = jax.nn.log_softmax(logits(params, hidden_NxTxD[:, :-1], cfg), axis=-1)
+    log_p_NxT = jnp.take_along_axis(log_p_NxTxV, tokens_NxT[:, 1:, None], axis=-1)[..., 0]
+    log_p_NxT = jnp.minimum(log_p_NxT, _LOG_P_MAX)
+    q_NxT = log_p_NxT - jnp.log(-jnp.expm1(log_p_NxT))  # logit(p): sigmoid(q_t) = p_t
     return jnp.pad(q_NxT, ((0, 0), (1, 0)))
 
 

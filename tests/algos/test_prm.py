@@ -254,8 +254,8 @@ def test_token_weight_adds_the_dense_bce():
 
 
 def test_token_head_scores_steps_by_the_product_of_on_track_probabilities():
-    """A token head (the LM head): sigmoid(q_t), q_t the logit of token t at t - 1,
-    is the chance token t stays on track; step s scores prod_{t <= end_s} sigmoid(q_t)."""
+    """A token head (the LM head): sigmoid(q_t) = p(token t | before) is the chance
+    token t stays on track; step s scores prod_{t <= end_s} p_t, the prefix's likelihood."""
     from rl_lm.models.transformer import logits
 
     cfg = CFG.replace(lm_head=True, scalar_head=False)
@@ -265,7 +265,8 @@ def test_token_head_scores_steps_by_the_product_of_on_track_probabilities():
     real = prm._real_tokens(jnp.asarray(m))
     z, st = prm.step_logits(params, cfg, tokens, real, m, **STEP_ARGS)
     h, _ = forward(params, tokens, cfg, mask_NxT=real)
-    lg = np.asarray(logits(params, h, cfg))
+    log_p = np.asarray(jax.nn.log_softmax(logits(params, h, cfg), axis=-1))
+    lg = log_p - np.log(-np.expm1(log_p))  # q = logit(p)
     expected = np.zeros((len(ROWS), 4))
     for i in range(len(ROWS)):
         at = np.flatnonzero(m[i])
