@@ -1,8 +1,9 @@
 """On-policy PRM data: a policy's own sampled solutions, for the step checker to label.
 
-    python -m experiments.prm_samples --run=runs/pure_sum/warm_start --name=chain_onpolicy
-    python -m launch.train --config=configs/prm_chain.py --workdir=runs/prm_onpolicy \
-        --config.data.name=jsonl/chain_onpolicy
+    python -m experiments.prm_samples --run=runs/pure_sum/warm_start --name=chain_onpolicy \
+        --max_new_tokens=40
+    python -m launch.train --config=configs/prm_chain.py:head=token --workdir=runs/prm_token \
+        --config.data.name=jsonl/chain_onpolicy --config.init.workdir=runs/pure_sum/warm_start
 
 A PRM learns the mistakes it is shown. The "chain/prm" corruptions are one kind
 (a result off by a small offset); a policy sampled at temperature 1 also copies
@@ -32,20 +33,24 @@ from rl_lm.data import load_source, storage
 from rl_lm.data.jsonl import dataset_dir, prepare_jsonl
 from rl_lm.rewards import steps as step_checks
 
-_RUN = flags.DEFINE_string("run", None, "The policy run's workdir (its latest checkpoint).")
-_NAME = flags.DEFINE_string("name", None, "Writes the dataset jsonl/<name>.")
-_TRAIN = flags.DEFINE_integer("train", 8000, "Train prompts sampled.")
-_TEST = flags.DEFINE_integer("test", 500, "Test prompts sampled.")
-_SAMPLES = flags.DEFINE_integer("samples", 2, "Completions per prompt.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "Budget; the run's eval one if unset.")
-_CHUNK = flags.DEFINE_integer("chunk", 1000, "Prompts per sampler call.")
-_CHECKER = flags.DEFINE_string(
-    "checker", "strict", 'Step checker of the printed statistics ("": none).'
-)
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Where datasets live (None: the default).")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing jsonl/<name>.")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command line's flags (defined when run as a script, so that importing this
+    module next to another script's flags cannot clash)."""
+    flags.DEFINE_string("run", None, "The policy run's workdir (its latest checkpoint).")
+    flags.DEFINE_string("name", None, "Writes the dataset jsonl/<name>.")
+    flags.DEFINE_integer("train", 8000, "Train prompts sampled.")
+    flags.DEFINE_integer("test", 500, "Test prompts sampled.")
+    flags.DEFINE_integer("samples", 2, "Completions per prompt.")
+    flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+    flags.DEFINE_integer("max_new_tokens", None, "Budget; the run's eval one if unset.")
+    flags.DEFINE_integer("chunk", 1000, "Prompts per sampler call.")
+    flags.DEFINE_string("checker", "strict", 'Step checker of the printed statistics ("": none).')
+    flags.DEFINE_string("data_dir", None, "Where datasets live (None: the default).")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing jsonl/<name>.")
+    flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 
 def sample_split(
@@ -132,21 +137,21 @@ def write_dataset(
 
 def main(argv):
     del argv
-    if not _RUN.value or not _NAME.value:
+    if not FLAGS.run or not FLAGS.name:
         raise app.UsageError("--run and --name are required.")
     write_dataset(
-        _RUN.value,
-        _NAME.value,
-        train=_TRAIN.value,
-        test=_TEST.value,
-        samples=_SAMPLES.value,
-        temperature=_TEMPERATURE.value,
-        max_new_tokens=_MAX_NEW.value,
-        chunk=_CHUNK.value,
-        checker=_CHECKER.value or None,
-        data_dir=_DATA_DIR.value,
-        overwrite=_OVERWRITE.value,
-        seed=_SEED.value,
+        FLAGS.run,
+        FLAGS.name,
+        train=FLAGS.train,
+        test=FLAGS.test,
+        samples=FLAGS.samples,
+        temperature=FLAGS.temperature,
+        max_new_tokens=FLAGS.max_new_tokens,
+        chunk=FLAGS.chunk,
+        checker=FLAGS.checker or None,
+        data_dir=FLAGS.data_dir,
+        overwrite=FLAGS.overwrite,
+        seed=FLAGS.seed,
     )
 
 
@@ -155,4 +160,5 @@ def _text(value) -> str:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

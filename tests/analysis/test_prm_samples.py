@@ -1,10 +1,11 @@
-"""experiments/prm_samples.py: a policy's samples of its prompts become a jsonl PRM dataset."""
+"""experiments/prm_samples.py: a policy's samples of its prompts become a jsonl PRM
+dataset; experiments/prm_eval.py scores them with a PRM."""
 
 import numpy as np
 import pytest
 
 from configs import base, sft_arith
-from experiments import prm_samples
+from experiments import prm_eval, prm_samples
 from rl_lm import analysis
 from rl_lm.data import load_source
 from rl_lm.rewards import steps as step_checks
@@ -12,7 +13,7 @@ from rl_lm.train import loop
 
 
 @pytest.mark.slow
-def test_samples_of_the_runs_prompts_become_a_labelled_dataset(tmp_path):
+def test_samples_of_the_runs_prompts_become_a_labelled_dataset(tmp_path, capsys):
     data_dir = str(tmp_path / "data")
     config = sft_arith.chain_warm_start(
         base.model("cpu", dim=32, num_layers=1, mlp_dim=64, max_seq_len=64), 4, True
@@ -49,6 +50,21 @@ def test_samples_of_the_runs_prompts_become_a_labelled_dataset(tmp_path):
     assert len(load_source("jsonl/onpolicy", "train", data_dir=data_dir)) == 6
     with pytest.raises(ValueError, match=r"test=10000 must be in \[1, 32\]"):
         prm_samples.write_dataset(str(run), "onpolicy", train=1, test=10_000, overwrite=True)
+
+    # prm_eval end to end, with the SFT model read as a token-head PRM.
+    from absl import flags
+    from absl.testing import flagsaver
+
+    flags.FLAGS.mark_as_parsed()
+    with flagsaver.flagsaver(
+        policy=str(run), prms=[f"self={run}"], prompts=2, samples=2, max_new_tokens=12
+    ):
+        capsys.readouterr()
+        prm_eval.main([])
+    out = capsys.readouterr().out
+    assert out.startswith(f"4 samples of {run}")
+    row = [line for line in out.splitlines() if line.startswith("| self |")]
+    assert len(row) == 1 and len(row[0].split("|")) == 2 + 1 + 9
 
 
 def test_label_stats_by_hand():
