@@ -21,9 +21,9 @@ CPU smoke run:
 
     python -m launch.train --config=configs/prm_chain.py:runlocal --workdir=/tmp/prm_smoke
 
-The token head (head=token) reads the LM head instead of a scalar one: q_t, the
-logit of token t at the position before it, is trained as "token t keeps the
-solution on track", and step s scores prod_{t <= end of s} sigmoid(q_t)
+The token head (head=token) reads the LM head instead of a scalar one: the
+model's probability p_t of token t is trained as "token t keeps the solution
+on track", and step s scores the prefix's likelihood prod_{t <= end of s} p_t
 (rl_lm/algos/prm.py), with the dense per-token loss (prm.token_weight 0.5) and
 Adam lr 3e-4. Started from the SFT model, it verifies arithmetic that the scalar
 head never learns to (README, Results). Trained on a policy's own samples
