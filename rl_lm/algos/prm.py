@@ -58,7 +58,7 @@ from rl_lm.models.transformer import (
 )
 from rl_lm.rewards import steps as step_checks
 
-# A token head's p_t is capped just below 1, so that logit(p_t) and log(1 - P_s) stay finite.
+# A token head's p_t and P_s are capped just below 1, so that their logits stay finite.
 _LOG_P_MAX = -1e-7
 
 
@@ -123,9 +123,13 @@ def token_logits(
         return scalar(params, hidden_NxTxD)
     log_p_NxTxV = jax.nn.log_softmax(logits(params, hidden_NxTxD[:, :-1], cfg), axis=-1)
     log_p_NxT = jnp.take_along_axis(log_p_NxTxV, tokens_NxT[:, 1:, None], axis=-1)[..., 0]
-    log_p_NxT = jnp.minimum(log_p_NxT, _LOG_P_MAX)
-    q_NxT = log_p_NxT - jnp.log(-jnp.expm1(log_p_NxT))  # logit(p): sigmoid(q_t) = p_t
-    return jnp.pad(q_NxT, ((0, 0), (1, 0)))
+    return jnp.pad(_logit_of_log(log_p_NxT), ((0, 0), (1, 0)))  # sigmoid(q_t) = p_t
+
+
+def _logit_of_log(log_p: jax.Array) -> jax.Array:
+    """logit(p) = log p - log(1 - p) from log p, with p capped just below 1."""
+    log_p = jnp.minimum(log_p, _LOG_P_MAX)
+    return log_p - jnp.log(-jnp.expm1(log_p))
 
 
 def _step_ends(z_NxT: jax.Array, response_NxT: jax.Array, st: core_steps.Steps, token_head: bool):
@@ -137,9 +141,7 @@ def _step_ends(z_NxT: jax.Array, response_NxT: jax.Array, st: core_steps.Steps, 
     log_p_NxS = core_steps.values_at_step_ends(
         jnp.cumsum(log_on_NxT, axis=1), st.step_end_NxS, st.step_mask_NxS
     )
-    log_p_NxS = jnp.minimum(log_p_NxS, -1e-7)  # P < 1, so log(1 - P) is finite
-    z_NxS = log_p_NxS - jnp.log(-jnp.expm1(log_p_NxS))
-    return jnp.where(st.step_mask_NxS, z_NxS, 0.0)
+    return jnp.where(st.step_mask_NxS, _logit_of_log(log_p_NxS), 0.0)
 
 
 def score_responses(
