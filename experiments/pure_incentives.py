@@ -1,0 +1,217 @@
+"""What sum-form and min-form credit pay for padding, in expectation.
+
+    python -m experiments.pure_incentives --out=docs/pure_incentives.png
+
+A small exact model of the chain task's PURE runs. A solution has S real
+steps. Step s is right with probability p_s when the steps before it were
+right, and every step from the first slip on is wrong (the strict checker).
+So a right step earns +1 and a wrong one -1 (rewards 2p - 1). A padding step
+(a restatement) earns r_pad whatever happens. A response has K step slots.
+Three policies are compared:
+
+- honest: the S steps, then stop;
+- honest + pad: the S steps, then K - S padding steps;
+- pad only: K padding steps, and no answer.
+
+For each one, the expected first-step return E[G_1] is computed under the credit
+form (`rl_lm.core.credit.step_returns`), with the group baseline applied first.
+"loo" is PURE's step baseline: every step loses b, the mean step reward of the
+honest peers (`credit.subtract_loo_mean` in expectation). "none" subtracts
+nothing. Peers are honest, so the question is whether the first padding a
+policy samples is reinforced.
+
+What it shows (`thresholds`; the tests check the closed forms):
+- sum-form pays for padding after the answer iff r_pad > b (loo) or r_pad > 0
+  (none), where b = mean_s (2 P_s - 1) and P_s = p_1 ... p_s;
+- sum-form prefers padding to solving (pad only over honest + pad) iff
+  r_pad > b, with either baseline;
+- min-form prefers padding to solving iff r_pad > 2 P_S - 1.
+
+Since P_s only falls with s, b >= 2 P_S - 1. So min-form is the form more
+tempted to give up solving: it trades a risky solution for a sure padding
+score as soon as that beats 2 P_S - 1, the value of its worst step. And under
+PURE's baseline, any padding sum-form is paid to add is padding min-form
+would be paid to put in place of the whole solution. Only without a baseline,
+and only when P_S > 1/2, does a band 0 < r_pad < 2 P_S - 1 exist where
+sum-form pads and min-form keeps solving. Min-form's protection is therefore
+not in the objective. It lies in reachability: sum-form's padding after the
+answer pays one step at a time, while min-form gains only by dropping every
+risky step at once.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from matplotlib.figure import Figure
+
+from rl_lm.core import credit
+
+POLICIES = ("honest", "honest+pad", "pad only")
+# A figure evaluates thousands of small cases of a few shapes: compile once per shape.
+_step_returns = jax.jit(credit.step_returns, static_argnames=("form",))
+BASELINES = ("loo", "none")
+
+
+def strict_outcomes(p_S) -> tuple[np.ndarray, np.ndarray]:
+    """The S + 1 outcomes of an honest solution under the strict checker.
+
+    Outcome k < S slips first at step k + 1. Outcome S is all right.
+
+    Returns:
+        (prob_O, r_OxS): each outcome's probability and its step rewards in {+1, -1}.
+    """
+    p_S = np.asarray(p_S, np.float64)
+    if p_S.ndim != 1 or p_S.size == 0 or np.any((p_S < 0) | (p_S > 1)):
+        raise ValueError(f"p must be a non-empty list of probabilities in [0, 1], got {p_S}.")
+    S = p_S.size
+    reach_S = np.concatenate([[1.0], np.cumprod(p_S)[:-1]])  # P(steps 1..s-1 right)
+    prob_O = np.append(reach_S * (1 - p_S), np.prod(p_S))
+    r_OxS = np.where(np.arange(S)[None, :] < np.arange(S + 1)[:, None], 1.0, -1.0)
+    return prob_O, r_OxS
+
+
+def honest_baseline(p_S) -> float:
+    """b, the expected mean step reward of an honest peer (PURE's loo baseline)."""
+    prob_O, r_OxS = strict_outcomes(p_S)
+    return float(prob_O @ r_OxS.mean(axis=1))
+
+
+def expected_return(p_S, r_pad: float, budget: int, policy: str, form: str, baseline: str) -> float:
+    """E[G_1] of `policy` under credit `form` after `baseline` ("loo" or "none").
+
+    Args:
+        p_S: per-step success probabilities, each given the steps before were right.
+        r_pad: the reward of a padding step, in [-1, 1].
+        budget: K, the step slots of a response (>= S).
+        policy: one of POLICIES.
+        form: a credit form of `credit.step_returns` ("sum", "min", "soft_min").
+        baseline: one of BASELINES.
+    """
+    prob_O, r_OxS = strict_outcomes(p_S)
+    S = r_OxS.shape[1]
+    if budget < S:
+        raise ValueError(f"budget={budget} step slots cannot hold the {S} steps of a solution.")
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose one of {POLICIES}.")
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; choose one of {BASELINES}.")
+    r_OxK = np.zeros((prob_O.size, budget))
+    mask_OxK = np.zeros((prob_O.size, budget), bool)
+    if policy == "pad only":
+        prob_O = np.ones(1)
+        r_OxK, mask_OxK = np.full((1, budget), float(r_pad)), np.ones((1, budget), bool)
+    else:
+        r_OxK[:, :S], mask_OxK[:, :S] = r_OxS, True
+        if policy == "honest+pad":
+            r_OxK[:, S:], mask_OxK[:, S:] = r_pad, True
+    if baseline == "loo":
+        r_OxK = np.where(mask_OxK, r_OxK - honest_baseline(p_S), 0.0)
+    G_OxK = _step_returns(jnp.asarray(r_OxK, jnp.float32), jnp.asarray(mask_OxK), form=form)
+    return float(prob_O @ np.asarray(G_OxK[:, 0], np.float64))
+
+
+def _crossing(gain) -> float:
+    """The r_pad where gain(r_pad), linear in r_pad, changes sign."""
+    g0, g1 = gain(0.0), gain(1.0)
+    return float("inf") if g1 == g0 else -g0 / (g1 - g0)
+
+
+def thresholds(p_S, budget: int | None = None) -> dict[str, float]:
+    """The padding rewards above which each form is paid to pad.
+
+    Returns:
+        {"sum_loo", "sum_none"}: r_pad above which sum-form pays for padding
+        after the answer (honest + pad over honest), with each baseline;
+        "sum_gives_up": above which sum-form prefers pad only to honest + pad;
+        "min": r_pad above which min-form prefers pad only to honest (either
+        baseline: the min commutes with it); "b" and "2P-1" for reference.
+    """
+    S = len(p_S)
+    K = budget or S + 1
+
+    def gain(form, better, worse, baseline):
+        return lambda r: (
+            expected_return(p_S, r, K, better, form, baseline)
+            - expected_return(p_S, r, K, worse, form, baseline)
+        )
+
+    return {
+        "sum_loo": _crossing(gain("sum", "honest+pad", "honest", "loo")),
+        "sum_none": _crossing(gain("sum", "honest+pad", "honest", "none")),
+        "sum_gives_up": _crossing(gain("sum", "pad only", "honest+pad", "none")),
+        "min": _crossing(gain("min", "pad only", "honest", "none")),
+        "b": honest_baseline(p_S),
+        "2P-1": 2 * float(np.prod(p_S)) - 1,
+    }
+
+
+def table(p_S, r_pads, budget: int) -> str:
+    """Markdown: per r_pad and baseline, each policy's E[G_1] under sum- and min-form."""
+    lines = ["| r_pad | baseline | form | " + " | ".join(POLICIES) + " |", "|---" * 6 + "|"]
+    for r in r_pads:
+        for baseline in BASELINES:
+            for form in ("sum", "min"):
+                cells = [
+                    f"{expected_return(p_S, r, budget, q, form, baseline):+.2f}" for q in POLICIES
+                ]
+                lines.append(f"| {r:+.2f} | {baseline} | {form} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def figure(num_steps: int, marks: dict[str, tuple[float, float]]) -> Figure:
+    """Thresholds against P_S for S equal per-step success rates, with `marks` at (P_S, r_pad)."""
+    P = np.linspace(0.01, 0.99, 99)
+    rows = [thresholds([x ** (1 / num_steps)] * num_steps) for x in P]
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    sum_loo, sum_none = [t["sum_loo"] for t in rows], [t["sum_none"] for t in rows]
+    min_line = [t["min"] for t in rows]
+    ax.plot(P, sum_loo, label="sum-form pays padding (loo), and gives up solving, above")
+    ax.plot(P, sum_none, label="sum-form pays padding above (no baseline)")
+    ax.plot(P, min_line, color="k", label="min-form gives up solving above")
+    ax.fill_between(
+        P,
+        sum_none,
+        min_line,
+        where=np.array(min_line) > 0,
+        alpha=0.2,
+        label="sum pads, min keeps solving (no baseline only)",
+    )
+    for name, (x, y) in marks.items():
+        ax.plot([x], [y], "o", color="C3")
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, -12), fontsize=8)
+    ax.set_xlabel(f"P(all {num_steps} steps right), equal per-step rates")
+    ax.set_ylabel("padding step reward r_pad")
+    ax.set_ylim(-1.05, 1.1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+# The restate warm start (runs/pure4/sum/warm_start) at T = 1: conditional
+# per-step success of 1000 fresh samples with restated lines removed
+# (P_s = 0.774, 0.497, 0.265, 0.213; jsonl/chain_onpolicy's test split).
+_P = flags.DEFINE_list("p", ["0.774", "0.642", "0.533", "0.804"], "Per-step success rates.")
+_R_PAD = flags.DEFINE_list("r_pad", ["1", "0.5", "0", "-0.5"], "Padding step rewards.")
+_BUDGET = flags.DEFINE_integer("budget", 5, "Step slots per response (the 40-token budget: 5).")
+_OUT = flags.DEFINE_string("out", "docs/pure_incentives.png", "PNG to write ('' for none).")
+
+
+def main(argv):
+    del argv
+    p_S = [float(x) for x in _P.value]
+    print(table(p_S, [float(r) for r in _R_PAD.value], _BUDGET.value))
+    t = thresholds(p_S, _BUDGET.value)
+    print("thresholds on r_pad: " + ", ".join(f"{k} {v:+.3f}" for k, v in t.items()))
+    if _OUT.value:
+        marks = {"restate checker, chain warm start": (float(np.prod(p_S)), 1.0)}
+        figure(len(p_S), marks).savefig(_OUT.value, dpi=110)
+        print(f"figure: {_OUT.value}")
+
+
+if __name__ == "__main__":
+    app.run(main)
