@@ -19,7 +19,9 @@ accuracy keeps improving. The logged `steps_per_response`, `process_return`,
 `train_accuracy` and held-out `eval/accuracy` show it (experiments/pure_summary.py
 tabulates and plots the runs). Arguments: form=sum|min|soft_min,
 outcome_weight=0|0.1 (PRM only vs PRM plus 10% verifiable reward),
-source=restate|strict|local|lenient, restate=50, sft_steps=..., runlocal.
+source=restate|restate_before|strict|local|lenient, restate=50 (percentage of
+demonstrations that restate a line), restate_at=0 (which line: 0 any, k line k),
+sft_steps=..., runlocal.
 
     python -m launch.train --config=configs/pure_chain.py:form=sum --workdir=runs/pure_sum
 
@@ -56,10 +58,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         outcome_weight=None,
         source="restate",
         restate=50,
+        restate_at=0,
     )
     outcome_weight = float(arg.outcome_weight or 0.0)
     shape = dict(dim=64, num_layers=2, mlp_dim=256, max_seq_len=96)
-    data_name = chain.dataset_name(restate=arg.restate)
+    data_name = chain.dataset_name(restate=arg.restate, restate_at=arg.restate_at)
     config = base.experiment(
         "grpo",
         model=base.model("cpu", **shape),
@@ -96,7 +99,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     if arg.runlocal:
         config.model = base.model("tiny", max_seq_len=64)
-        small = chain.dataset_name(restate=arg.restate, train_size=256, test_size=32)
+        small = chain.dataset_name(
+            restate=arg.restate, restate_at=arg.restate_at, train_size=256, test_size=32
+        )
         config.data.update(name=small, batch_size=8)
         config.grpo.num_generations = 4
         config.grpo.max_new_tokens = 24
@@ -110,7 +115,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         arg.sft_steps,
         arg.runlocal,
         name=data_name,
-        small_name=chain.dataset_name(restate=arg.restate, train_size=256, test_size=32),
+        small_name=chain.dataset_name(
+            restate=arg.restate, restate_at=arg.restate_at, train_size=256, test_size=32
+        ),
         max_len=64,
         max_new_tokens=config.grpo.max_new_tokens,
     )

@@ -61,7 +61,7 @@ def default_config() -> ml_collections.ConfigDict:
     """The `grpo.process` section; `source="none"` keeps plain GRPO."""
     return ml_collections.ConfigDict(
         {
-            "source": "none",  # none | strict | lenient | local | restate | prm | prime
+            "source": "none",  # none | a checker (rl_lm.rewards.steps) | prm | prime
             "form": "sum",  # sum | min | soft_min
             "transform": "none",  # none | clip | delta
             "gamma": 1.0,  # sum-form discount per step
@@ -72,6 +72,9 @@ def default_config() -> ml_collections.ConfigDict:
             "outcome_weight": 0.0,  # weight of the verifiable reward's advantage
             "max_steps": 8,  # step slots S; extra steps merge into the last
             "delimiter": "\n",  # one token ends a step
+            # A checker's view of a step the budget cut: "as_written" | "completed"
+            # (rl_lm.rewards.steps; a learned PRM scores the prefix itself).
+            "cut_step": "as_written",
             "prm_workdir": config_dict.placeholder(str),  # source="prm": a prm_chain run
             # source="prime": the implicit PRM's beta_p, learning rate and updates per rollout.
             "prime_beta": 0.05,
@@ -106,6 +109,8 @@ def validate(cfg: Any, grpo_cfg: Any = None, section: str = "grpo.process") -> l
         problems.append(f"{section}.temperature={cfg.temperature} must be > 0")
     if not isinstance(cfg.max_steps, int) or cfg.max_steps < 1:
         problems.append(f"{section}.max_steps={cfg.max_steps!r} must be an int >= 1")
+    if cfg.cut_step not in step_checkers.CUT_STEPS:
+        problems.append(f"{section}.cut_step={cfg.cut_step!r} not in {step_checkers.CUT_STEPS}")
     if not enabled(cfg):
         return problems
     if cfg.source == "prm" and not cfg.get("prm_workdir"):
@@ -363,6 +368,7 @@ def make(
     kwargs = advantage_kwargs(proc, group_size, step_args)
     out = {
         "checker": proc.source if proc.source != "prm" else None,
+        "cut_step": proc.cut_step,
         "step_args": step_args,
         "advantages": jax.jit(functools.partial(token_advantages, **kwargs)),
     }
@@ -390,11 +396,18 @@ def score_on_host(
     nothing for a learned PRM or with process rewards off."""
     if process is None or process["checker"] is None:
         return
+    cut_N = None
+    if process["cut_step"] == "completed":
+        # Cut by the budget: the mask runs to the last token and holds no EOS.
+        eos = process["step_args"]["eos_id"]
+        full_N = host["mask"][:, -1] > 0
+        cut_N = full_N & ~np.any((host["response"] == eos) & (host["mask"] > 0), axis=1)
     host["step_scores"], host["step_mask"] = step_checkers.step_scores(
         list(np.repeat(np.asarray(prompt_texts, dtype=object), group_size)),
         texts,
         process["step_args"]["max_steps"],
         checker=process["checker"],
+        cut_N=cut_N,
     )
 
 

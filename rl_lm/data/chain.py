@@ -13,7 +13,8 @@ Two kinds, as configs:
   with `restate` > 0, that percentage of the demonstrations writes one of its
   lines (an operation step or the answer line, uniformly) twice in a row (a
   restatement, as human solutions sometimes do), so that a policy tuned on them
-  samples restatements now and then;
+  samples restatements now and then; `restate_at` = k >= 1 restates line k
+  only (e.g. the last operation step, right before the answer line);
 - "prm": prompt, response, answer, labels: step-labelled responses for a
   discriminative PRM. Half are canonical (labels "1111"), half have a wrong
   result at a uniform step k (the answer line included) by a small offset,
@@ -61,6 +62,8 @@ class ChainConfig(tfds.core.BuilderConfig):
         test_size: distinct held-out prompts.
         seed: seed of every random stream.
         restate: percentage of "sft" demonstrations that restate one step.
+        restate_at: which line a restatement repeats: 0 any (uniformly), k >= 1
+            line k (1 .. num_ops + 1, the answer line last).
     """
 
     kind: str = "sft"
@@ -72,6 +75,7 @@ class ChainConfig(tfds.core.BuilderConfig):
     test_size: int = 1_000
     seed: int = 0
     restate: int = 0
+    restate_at: int = 0
 
 
 _CODES = {  # field -> its prefix in config names
@@ -83,8 +87,9 @@ _CODES = {  # field -> its prefix in config names
     "test_size": "test",
     "seed": "seed",
     "restate": "restate",
+    "restate_at": "at",
 }
-_TOKEN = re.compile(r"(steps|digits|operand|ops|train|test|seed|restate)(.+)")
+_TOKEN = re.compile(r"(steps|digits|operand|ops|train|test|seed|restate|at)(.+)")
 _DEFAULTS = {f: ChainConfig.__dataclass_fields__[f].default for f in ("kind", *_CODES)}
 
 
@@ -118,6 +123,11 @@ def _validate(fields: dict) -> dict:
         raise ValueError(f"chain restate is a percentage in [0, 100], got {f['restate']}.")
     if f["restate"] and f["kind"] != "sft":
         raise ValueError("chain restate applies to kind='sft' demonstrations only.")
+    if not 0 <= f["restate_at"] <= f["num_ops"] + 1 or (f["restate_at"] and not f["restate"]):
+        raise ValueError(
+            f"chain restate_at={f['restate_at']} must be 0 (any line) or a line 1 .. "
+            f"{f['num_ops'] + 1}, and needs restate > 0."
+        )
     if f["num_ops"] < 1 or f["train_size"] < 1 or f["test_size"] < 1 or f["seed"] < 0:
         raise ValueError(f"chain num_ops, train_size, test_size must be >= 1 and seed >= 0: {f}.")
     return f
@@ -258,6 +268,7 @@ def make_examples(config: ChainConfig) -> dict[str, list[dict[str, str]]]:
             lines = steps.solve(prompt)
             if f["restate"] and restate_rng.random() < f["restate"] / 100:
                 k = int(restate_rng.integers(len(lines)))
+                k = f["restate_at"] - 1 if f["restate_at"] else k
                 lines.insert(k + 1, lines[k])
             row = {
                 "prompt": prompt,
@@ -279,8 +290,11 @@ def make_examples(config: ChainConfig) -> dict[str, list[dict[str, str]]]:
 class Chain(tfds.core.GeneratorBasedBuilder):
     """tfds builder of the chain datasets ("chain/sft", "chain/prm", ...)."""
 
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.1.0": "The restate field (sft demonstrations that restate a line)."}
+    VERSION = tfds.core.Version("1.2.0")
+    RELEASE_NOTES = {
+        "1.1.0": "The restate field (sft demonstrations that restate a line).",
+        "1.2.0": "The restate_at field (which line a restatement repeats).",
+    }
     BUILDER_CONFIGS = list(PRESETS.values())
     DEFAULT_CONFIG_NAME = "sft"
 

@@ -42,6 +42,16 @@ Two checkers, both 1/0 per step:
   changes nothing (the min is already set by the other steps); under sum-form
   every restatement earns a step reward, up to the response budget, where the
   cut-off response loses its answer.
+- restate_before (restate, with the answer ending the solution): as restate,
+  but every line after the first answer line ("#### n", right or wrong)
+  scores 0, so the only padding paid is padding before the answer.
+
+A response cut by the budget before its EOS ends in a partial line. By
+default (`cut_step="as_written"`) the checker scores that line as written: it
+is no valid step, so 0. A PRM does not know the budget, and a PRM that judges
+a step by its prefix (as the token-head PRM does) scores a partial line by
+whether it is on track. `cut_step="completed"` models that: the partial line
+scores 1 when some line the checker would accept in its place starts with it.
 """
 
 from __future__ import annotations
@@ -167,16 +177,48 @@ def restate_labels(prompt: str, response: str) -> list[int]:
     return labels
 
 
+def restate_before_labels(prompt: str, response: str) -> list[int]:
+    """restate's labels up to the first answer line; every line after it scores 0."""
+    labels = restate_labels(prompt, response)
+    for s, line in enumerate(split_steps(response)):
+        if _ANSWER.fullmatch(line):
+            return labels[: s + 1] + [0] * (len(labels) - s - 1)
+    return labels
+
+
 CHECKERS: dict[str, Callable[[str, str], list[int]]] = {
     "strict": strict_labels,
     "lenient": lenient_labels,
     "local": local_labels,
     "restate": restate_labels,
+    "restate_before": restate_before_labels,
 }
+CUT_STEPS = ("as_written", "completed")
+
+
+def _completed_label(checker: str, prompt: str, response: str) -> int:
+    """1 when the response's last (partial) line starts some line the checker accepts there.
+
+    The candidate lines are the canonical steps and the lines already written.
+    """
+    lines = split_steps(response)
+    done, partial = lines[:-1], lines[-1]
+    head = "".join(line + DELIMITER for line in done)
+    check = CHECKERS[checker]
+    return int(
+        any(
+            line.startswith(partial) and check(prompt, head + line)[-1] == 1
+            for line in set(solve(prompt)) | set(done)
+        )
+    )
 
 
 def step_scores(
-    prompts: Sequence[str], responses: Sequence[str], max_steps: int, checker: str = "strict"
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    max_steps: int,
+    checker: str = "strict",
+    cut_N: Sequence[bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-step scores of a batch, in `core.steps.segment_steps`'s step slots.
 
@@ -188,7 +230,11 @@ def step_scores(
         prompts: N chain prompts (prompt-major: repeat each for its G responses).
         responses: N response texts (decoded without EOS).
         max_steps: S, the `max_steps` given to `segment_steps`.
-        checker: "strict", "lenient" or "local".
+        checker: a name in CHECKERS.
+        cut_N: with `cut_step="completed"`, which responses the budget cut before
+            their EOS; the last line of each such response that does not end
+            in the delimiter is judged completed (module docstring). None: every
+            line as written.
 
     Returns:
         (scores_NxS float32 in {0, 1}, 0 on absent steps; step_mask_NxS bool).
@@ -197,12 +243,16 @@ def step_scores(
         raise ValueError(f"unknown step checker {checker!r}; choose one of {sorted(CHECKERS)}.")
     if len(prompts) != len(responses):
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses.")
+    if cut_N is not None and len(cut_N) != len(responses):
+        raise ValueError(f"got {len(cut_N)} cut flags but {len(responses)} responses.")
     if not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"max_steps must be an int >= 1, got {max_steps!r}.")
     scores_NxS = np.zeros((len(prompts), max_steps), np.float32)
     mask_NxS = np.zeros((len(prompts), max_steps), bool)
     for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
         labels = CHECKERS[checker](prompt, response)
+        if cut_N is not None and cut_N[i] and not response.endswith(DELIMITER):
+            labels[-1] = max(labels[-1], _completed_label(checker, prompt, response))
         if len(labels) > max_steps:
             labels = labels[: max_steps - 1] + [min(labels[max_steps - 1 :])]
         scores_NxS[i, : len(labels)] = labels

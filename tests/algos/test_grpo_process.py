@@ -183,6 +183,24 @@ def test_sequence_advantages_give_the_same_loss_as_before(mode):
         loss(params, {**batch, "adv": adv_N[:, None, None]})
 
 
+@pytest.mark.parametrize("cut_step, want", [("as_written", [0, 0]), ("completed", [1, 0])])
+def test_score_on_host_completes_only_steps_the_budget_cut(byte_responses, cut_step, want):
+    # Row 0 runs into the 30-token budget inside its answer ("#### 4"); row 1 ends
+    # on its own (EOS) after the same kind of partial line, a wrong step.
+    tokens, mask = byte_responses(["12+5=17\n17*3=51\n51-7=44\n#### 44", "12+5=17\n17*3=5"], 30)
+    assert mask[0].all() and TOK.eos_id not in tokens[0]
+    host = {"response": tokens, "mask": mask}
+    process = {
+        "checker": "strict",
+        "cut_step": cut_step,
+        "step_args": {"max_steps": 8, "eos_id": TOK.eos_id},
+    }
+    texts = TOK.decode_batch(tokens, mask)
+    process_rewards.score_on_host(process, host, ["12 +5 *3 -7:"], texts, group_size=2)
+    last = [host["step_scores"][i, host["step_mask"][i].sum() - 1] for i in range(2)]
+    assert last == want
+
+
 def test_validate_names_the_process_field():
     cfg = grpo_loss.default_config()
     cfg.process.update(source="lenient", form="max")
@@ -191,7 +209,10 @@ def test_validate_names_the_process_field():
     cfg.process.update(form="min", source="prm")
     with pytest.raises(ValueError, match="prm_workdir"):
         grpo_loss.validate(cfg)
-    cfg.process.update(source="strict")
+    cfg.process.update(source="strict", cut_step="finished")
+    with pytest.raises(ValueError, match="grpo.process.cut_step='finished'"):
+        grpo_loss.validate(cfg)
+    cfg.process.cut_step = "completed"
     cfg.dynamic_sampling = True
     with pytest.raises(ValueError, match="dynamic_sampling"):
         grpo_loss.validate(cfg)

@@ -104,10 +104,20 @@ def test_prepared_splits_are_disjoint_and_deterministic(tmp_path):
     assert [e["prompt"] for e in test] != [r["prompt"] for r in other["test"]]
 
 
-def test_restated_demonstrations_repeat_one_step_and_keep_the_rest():
+@pytest.mark.parametrize(
+    "restate_at, name, lines_restated",
+    [
+        (0, "sft_train300_test60_restate30", {0, 1, 2, 3}),  # the answer line too
+        (3, "sft_train300_test60_restate30_at3", {2}),  # the last operation step only
+    ],
+)
+def test_restated_demonstrations_repeat_one_step_and_keep_the_rest(
+    restate_at, name, lines_restated
+):
     plain = chain.make_examples(chain.chain_config(**SMALL))
-    rows = chain.make_examples(chain.chain_config(restate=30, **SMALL))
-    assert chain.chain_config(restate=30, **SMALL).name == "sft_train300_test60_restate30"
+    config = chain.chain_config(restate=30, restate_at=restate_at, **SMALL)
+    assert config.name == name and chain.config_from_name(name).restate_at == restate_at
+    rows = chain.make_examples(config)
     restated, restated_at = 0, set()
     for r, p in zip(rows["train"] + rows["test"], plain["train"] + plain["test"], strict=True):
         assert r["prompt"] == p["prompt"] and r["answer"] == p["answer"]
@@ -123,7 +133,11 @@ def test_restated_demonstrations_repeat_one_step_and_keep_the_rest():
         assert steps.restate_labels(r["prompt"], r["response"]) == [1] * len(lines)
         assert steps.strict_labels(r["prompt"], r["response"])[k + 1] == 0
     assert 0.2 < restated / 360 < 0.4
-    assert restated_at == {0, 1, 2, 3}  # the answer line too
+    assert restated_at == lines_restated
+    with pytest.raises(ValueError, match="restate_at=5"):
+        chain.chain_config(restate=30, restate_at=5)
+    with pytest.raises(ValueError, match="needs restate > 0"):
+        chain.chain_config(restate_at=2)
     with pytest.raises(ValueError, match="percentage"):
         chain.chain_config(restate=101)
     with pytest.raises(ValueError, match="kind='sft'"):

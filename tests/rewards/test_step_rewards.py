@@ -145,3 +145,49 @@ def test_step_slots_match_segment_steps(with_eos):
         expected = expected[:3] + ["\n".join(expected[3:])] if len(expected) > 4 else expected
         got = [p.replace("<eos>", "").removesuffix("\n") for p in pieces]
         assert got == expected, (i, pieces)
+
+
+@pytest.mark.parametrize(
+    "response, want",
+    [
+        (SOLUTION, [1, 1, 1, 1]),
+        # Padding before the answer is paid, as under restate.
+        ("12+5=17\n17*3=51\n51-7=44\n51-7=44\n#### 44", [1, 1, 1, 1, 1]),
+        # Restating the answer, or any line after it, is not.
+        (SOLUTION + "\n#### 44\n51-7=44", [1, 1, 1, 1, 0, 0]),
+        # A wrong answer line ends the solution too.
+        ("12+5=17\n#### 17\n17*3=51", [1, 0, 0]),
+        ("12+5=17\n12+5=17", [1, 1]),  # no answer line: restate's labels
+    ],
+)
+def test_restate_before_pays_padding_only_before_the_answer(response, want):
+    assert steps.restate_before_labels(PROMPT, response) == want
+
+
+@pytest.mark.parametrize(
+    "response, checker, as_written, completed",
+    [
+        # The budget cut the answer line: on track so far.
+        ("12+5=17\n17*3=51\n51-7=44\n#### 4", "strict", [1, 1, 1, 0], [1, 1, 1, 1]),
+        # Cut inside a restatement of line 1 (restate pays it, strict does not).
+        ("12+5=17\n12+5", "restate", [1, 0], [1, 1]),
+        ("12+5=17\n12+5", "strict", [1, 0], [1, 0]),
+        # A cut line that no accepted line starts with stays wrong.
+        ("12+5=17\n17*3=52", "strict", [1, 0], [1, 0]),
+        ("12+5=17\n17*3=5", "strict", [1, 0], [1, 1]),
+        # Cut just after a delimiter: no partial line to complete.
+        ("12+5=17\n17*3=50\n", "strict", [1, 0], [1, 0]),
+        # After the answer, restate_before accepts no line, so no completion either.
+        (SOLUTION + "\n#### 4", "restate_before", [1, 1, 1, 1, 0], [1, 1, 1, 1, 0]),
+    ],
+)
+def test_a_cut_step_is_judged_as_written_or_completed(response, checker, as_written, completed):
+    n = len(as_written)
+    got, _ = steps.step_scores([PROMPT], [response], 8, checker)
+    assert got[0, :n].tolist() == as_written
+    got, _ = steps.step_scores([PROMPT], [response], 8, checker, cut_N=[True])
+    assert got[0, :n].tolist() == completed
+    got, _ = steps.step_scores([PROMPT], [response], 8, checker, cut_N=[False])
+    assert got[0, :n].tolist() == as_written  # ended by EOS: judged as written
+    with pytest.raises(ValueError, match="cut flags"):
+        steps.step_scores([PROMPT], [response], 8, checker, cut_N=[True, False])
