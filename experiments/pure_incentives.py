@@ -6,12 +6,9 @@ A small exact model of the chain task's PURE runs. A solution has S real
 steps. Step s is right with probability p_s when the steps before it were
 right, and every step from the first slip on is wrong (the strict checker).
 So a right step earns +1 and a wrong one -1 (rewards 2p - 1). A padding step
-(a restatement) earns r_pad whatever happens. A response has K step slots.
-Three policies are compared:
-
-- honest: the S steps, then stop;
-- honest + pad: the S steps, then K - S padding steps;
-- pad only: K padding steps, and no answer.
+(a restatement) earns r_pad whatever happens. A response has K step slots. A
+policy solves the first k steps and then pads to the budget, or solves all S
+and stops ("honest"). Named ones: "honest + pad" (k = S), "pad only" (k = 0).
 
 For each one, the expected first-step return E[G_1] is computed under the credit
 form (`rl_lm.core.credit.step_returns`), with the group baseline applied first.
@@ -20,23 +17,19 @@ honest peers (`credit.subtract_loo_mean` in expectation). "none" subtracts
 nothing. Peers are honest, so the question is whether the first padding a
 policy samples is reinforced.
 
-What it shows (`thresholds`; the tests check the closed forms):
+What it shows (`thresholds`, `drop_gains`; the tests check the closed forms):
 - sum-form pays for padding after the answer iff r_pad > b (loo) or r_pad > 0
   (none), where b = mean_s (2 P_s - 1) and P_s = p_1 ... p_s;
-- sum-form prefers padding to solving (pad only over honest + pad) iff
-  r_pad > b, with either baseline;
-- min-form prefers padding to solving iff r_pad > 2 P_S - 1.
-
-Since P_s only falls with s, b >= 2 P_S - 1. So min-form is the form more
-tempted to give up solving: it trades a risky solution for a sure padding
-score as soon as that beats 2 P_S - 1, the value of its worst step. And under
-PURE's baseline, any padding sum-form is paid to add is padding min-form
-would be paid to put in place of the whole solution. Only without a baseline,
-and only when P_S > 1/2, does a band 0 < r_pad < 2 P_S - 1 exist where
-sum-form pads and min-form keeps solving. Min-form's protection is therefore
-not in the objective. It lies in reachability: sum-form's padding after the
-answer pays one step at a time, while min-form gains only by dropping every
-risky step at once.
+- to give up the whole solution for padding, sum-form needs r_pad > b and
+  min-form only r_pad > 2 P_S - 1 <= b: min-form, whose return is its worst
+  step, is the more tempted to swap a risky solution for a sure score;
+- to give up only the last steps, the gains are far larger under sum-form.
+  Padding in place of steps k+1 .. S (against solving, then padding) gains
+  sum_{s > k} (r_pad + 1 - 2 P_s) under sum-form: every dropped step's own
+  failure rate, counted again after an earlier slip. Under min-form it gains
+  (P_k - P_S) (r_pad + 1): only when the first slip would have been among
+  the dropped steps. So with r_pad = 1, dropping the answer line for padding
+  pays sum-form 2 (1 - P_S) and min-form 2 P_{S-1} (1 - p_S).
 """
 
 from __future__ import annotations
@@ -50,9 +43,9 @@ from matplotlib.figure import Figure
 from rl_lm.core import credit
 
 POLICIES = ("honest", "honest+pad", "pad only")
+BASELINES = ("loo", "none")
 # A figure evaluates thousands of small cases of a few shapes: compile once per shape.
 _step_returns = jax.jit(credit.step_returns, static_argnames=("form",))
-BASELINES = ("loo", "none")
 
 
 def strict_outcomes(p_S) -> tuple[np.ndarray, np.ndarray]:
@@ -79,14 +72,27 @@ def honest_baseline(p_S) -> float:
     return float(prob_O @ r_OxS.mean(axis=1))
 
 
-def expected_return(p_S, r_pad: float, budget: int, policy: str, form: str, baseline: str) -> float:
+def _policy(policy: str | int, S: int) -> tuple[int, bool]:
+    """(steps solved, whether padding fills the budget) of a named policy or of k."""
+    if isinstance(policy, str):
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; choose one of {POLICIES} or a k.")
+        return {"honest": (S, False), "honest+pad": (S, True), "pad only": (0, True)}[policy]
+    if not 0 <= policy <= S:
+        raise ValueError(f"a policy solves k = 0 .. {S} steps before padding, got {policy}.")
+    return int(policy), True
+
+
+def expected_return(
+    p_S, r_pad: float, budget: int, policy: str | int, form: str, baseline: str
+) -> float:
     """E[G_1] of `policy` under credit `form` after `baseline` ("loo" or "none").
 
     Args:
         p_S: per-step success probabilities, each given the steps before were right.
         r_pad: the reward of a padding step, in [-1, 1].
         budget: K, the step slots of a response (>= S).
-        policy: one of POLICIES.
+        policy: one of POLICIES, or k: solve steps 1 .. k, then pad to the budget.
         form: a credit form of `credit.step_returns` ("sum", "min", "soft_min").
         baseline: one of BASELINES.
     """
@@ -94,23 +100,30 @@ def expected_return(p_S, r_pad: float, budget: int, policy: str, form: str, base
     S = r_OxS.shape[1]
     if budget < S:
         raise ValueError(f"budget={budget} step slots cannot hold the {S} steps of a solution.")
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; choose one of {POLICIES}.")
     if baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; choose one of {BASELINES}.")
-    r_OxK = np.zeros((prob_O.size, budget))
-    mask_OxK = np.zeros((prob_O.size, budget), bool)
-    if policy == "pad only":
-        prob_O = np.ones(1)
-        r_OxK, mask_OxK = np.full((1, budget), float(r_pad)), np.ones((1, budget), bool)
-    else:
-        r_OxK[:, :S], mask_OxK[:, :S] = r_OxS, True
-        if policy == "honest+pad":
-            r_OxK[:, S:], mask_OxK[:, S:] = r_pad, True
+    k, pad = _policy(policy, S)
+    # Outcomes that differ only after step k give the same rows: merge them.
+    outcome_O = np.minimum(np.arange(S + 1), k)
+    prob_O = np.bincount(outcome_O, weights=prob_O, minlength=k + 1)
+    r_OxK = np.zeros((k + 1, budget))
+    mask_OxK = np.zeros((k + 1, budget), bool)
+    r_OxK[:, :k] = np.where(np.arange(k)[None, :] < np.arange(k + 1)[:, None], 1.0, -1.0)
+    mask_OxK[:, :k] = True
+    if pad:
+        r_OxK[:, k:], mask_OxK[:, k:] = r_pad, True
     if baseline == "loo":
         r_OxK = np.where(mask_OxK, r_OxK - honest_baseline(p_S), 0.0)
     G_OxK = _step_returns(jnp.asarray(r_OxK, jnp.float32), jnp.asarray(mask_OxK), form=form)
     return float(prob_O @ np.asarray(G_OxK[:, 0], np.float64))
+
+
+def drop_gains(p_S, r_pad: float, budget: int, form: str, baseline: str = "loo") -> np.ndarray:
+    """[S + 1]: E[G_1] of solving k steps then padding, minus that of honest + pad, k = 0 .. S."""
+    full = expected_return(p_S, r_pad, budget, "honest+pad", form, baseline)
+    return np.array(
+        [expected_return(p_S, r_pad, budget, k, form, baseline) - full for k in range(len(p_S) + 1)]
+    )
 
 
 def _crossing(gain) -> float:
@@ -149,7 +162,7 @@ def thresholds(p_S, budget: int | None = None) -> dict[str, float]:
 
 
 def table(p_S, r_pads, budget: int) -> str:
-    """Markdown: per r_pad and baseline, each policy's E[G_1] under sum- and min-form."""
+    """Markdown: per r_pad and baseline, each named policy's E[G_1] under sum- and min-form."""
     lines = ["| r_pad | baseline | form | " + " | ".join(POLICIES) + " |", "|---" * 6 + "|"]
     for r in r_pads:
         for baseline in BASELINES:
@@ -161,33 +174,41 @@ def table(p_S, r_pads, budget: int) -> str:
     return "\n".join(lines)
 
 
-def figure(num_steps: int, marks: dict[str, tuple[float, float]]) -> Figure:
-    """Thresholds against P_S for S equal per-step success rates, with `marks` at (P_S, r_pad)."""
+def figure(p_S, r_pad: float, budget: int, mark: str) -> Figure:
+    """Left: the thresholds against P_S (equal per-step rates), `mark` at (P_S, r_pad).
+    Right: `drop_gains` of each form at p_S."""
+    S = len(p_S)
+    fig = Figure(figsize=(12, 4.2))
+    ax, bx = fig.subplots(1, 2)
     P = np.linspace(0.01, 0.99, 99)
-    rows = [thresholds([x ** (1 / num_steps)] * num_steps) for x in P]
-    fig = Figure(figsize=(6.4, 4.2))
-    ax = fig.subplots()
+    rows = [thresholds([x ** (1 / S)] * S) for x in P]
     sum_loo, sum_none = [t["sum_loo"] for t in rows], [t["sum_none"] for t in rows]
     min_line = [t["min"] for t in rows]
     ax.plot(P, sum_loo, label="sum-form pays padding (loo), and gives up solving, above")
     ax.plot(P, sum_none, label="sum-form pays padding above (no baseline)")
     ax.plot(P, min_line, color="k", label="min-form gives up solving above")
-    ax.fill_between(
-        P,
-        sum_none,
-        min_line,
-        where=np.array(min_line) > 0,
-        alpha=0.2,
-        label="sum pads, min keeps solving (no baseline only)",
+    ax.plot([np.prod(p_S)], [r_pad], "o", color="C3")
+    ax.annotate(
+        mark, (np.prod(p_S), r_pad), textcoords="offset points", xytext=(6, -12), fontsize=8
     )
-    for name, (x, y) in marks.items():
-        ax.plot([x], [y], "o", color="C3")
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, -12), fontsize=8)
-    ax.set_xlabel(f"P(all {num_steps} steps right), equal per-step rates")
+    ax.set_xlabel(f"P(all {S} steps right), equal per-step rates")
     ax.set_ylabel("padding step reward r_pad")
+    ax.set_title("giving up the whole solution", fontsize=10)
     ax.set_ylim(-1.05, 1.1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
+    k = np.arange(S + 1)
+    for i, form in enumerate(("sum", "min")):
+        bx.bar(
+            k + (i - 0.5) * 0.38, drop_gains(p_S, r_pad, budget, form), 0.38, label=f"{form}-form"
+        )
+    bx.axhline(0, color="k", lw=0.8)
+    bx.set_xticks(k, [f"{j}" for j in k])
+    bx.set_xlabel(f"real steps kept before padding (the answer is step {S})")
+    bx.set_ylabel("E[return] gain over solving, then padding")
+    bx.set_title(f"giving up the last steps ({mark}, r_pad = {r_pad:g}, loo)", fontsize=10)
+    bx.grid(alpha=0.3, axis="y")
+    bx.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -204,12 +225,18 @@ _OUT = flags.DEFINE_string("out", "docs/pure_incentives.png", "PNG to write ('' 
 def main(argv):
     del argv
     p_S = [float(x) for x in _P.value]
-    print(table(p_S, [float(r) for r in _R_PAD.value], _BUDGET.value))
+    r_pads = [float(r) for r in _R_PAD.value]
+    print(table(p_S, r_pads, _BUDGET.value))
     t = thresholds(p_S, _BUDGET.value)
     print("thresholds on r_pad: " + ", ".join(f"{k} {v:+.3f}" for k, v in t.items()))
+    for form in ("sum", "min"):
+        gains = drop_gains(p_S, r_pads[0], _BUDGET.value, form)
+        print(
+            f"{form}-form, r_pad {r_pads[0]:g}, gain of keeping k = 0.. steps then padding: "
+            + " ".join(f"{g:+.2f}" for g in gains)
+        )
     if _OUT.value:
-        marks = {"restate checker, chain warm start": (float(np.prod(p_S)), 1.0)}
-        figure(len(p_S), marks).savefig(_OUT.value, dpi=110)
+        figure(p_S, r_pads[0], _BUDGET.value, "chain warm start").savefig(_OUT.value, dpi=110)
         print(f"figure: {_OUT.value}")
 
 

@@ -28,6 +28,9 @@ def test_strict_outcomes_by_hand():
         ("pad only", "sum", "none", 0.5, 3 * 0.5),
         ("pad only", "min", "none", 0.5, 0.5),
         ("pad only", "min", "loo", -0.25, -0.25 - 0.2),
+        # Solve step 1, then pad: [-1, .5, .5] (0.2) or [1, .5, .5] (0.8).
+        (1, "sum", "none", 0.5, 0.2 * 0 + 0.8 * 2),
+        (1, "min", "none", 0.5, 0.2 * -1 + 0.8 * 0.5),
     ],
 )
 def test_expected_return_by_hand(policy, form, baseline, r_pad, want):
@@ -52,6 +55,19 @@ def test_thresholds_match_the_closed_forms(seed):
     assert t["min"] <= t["sum_loo"] + 1e-6
 
 
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("baseline", ["loo", "none"])
+def test_drop_gains_match_the_closed_forms(seed, baseline):
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.3, 1.0, size=4)
+    r_pad = float(rng.uniform(-1, 1))
+    P_k = np.concatenate([[1.0], np.cumprod(p)])  # P(first k steps right), k = 0 .. S
+    want_sum = [np.sum(r_pad + 1 - 2 * P_k[k + 1 :]) for k in range(5)]
+    want_min = (P_k - P_k[-1]) * (r_pad + 1)
+    np.testing.assert_allclose(pi.drop_gains(p, r_pad, 6, "sum", baseline), want_sum, atol=1e-5)
+    np.testing.assert_allclose(pi.drop_gains(p, r_pad, 6, "min", baseline), want_min, atol=1e-5)
+
+
 def test_no_band_under_loo_and_a_band_without_a_baseline_only_above_half():
     weak, strong = pi.thresholds([0.7] * 4), pi.thresholds([0.95] * 4)
     assert weak["2P-1"] < 0 and weak["min"] < weak["sum_none"]  # no band: P < 1/2
@@ -65,6 +81,8 @@ def test_bad_input_is_named():
         pi.strict_outcomes([1.5])
     with pytest.raises(ValueError, match="policy"):
         pi.expected_return(P_HAND, 0.0, 3, "lazy", "sum", "none")
+    with pytest.raises(ValueError, match="k = 0 .. 2"):
+        pi.expected_return(P_HAND, 0.0, 3, 3, "sum", "none")
 
 
 def test_table_and_figure(tmp_path):
@@ -72,5 +90,5 @@ def test_table_and_figure(tmp_path):
     assert len(text.splitlines()) == 2 + 2 * 2 * 2
     assert "| +1.00 | none | min | -0.20 | -0.20 | +1.00 |" in text
     out = tmp_path / "incentives.png"
-    pi.figure(2, {"here": (0.4, 1.0)}).savefig(out)
+    pi.figure(list(P_HAND), 1.0, 3, "here").savefig(out)
     assert out.stat().st_size > 0
