@@ -57,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ),
         ppo=ppo_loss.default_config(),
         eval=ml_collections.ConfigDict(
-            dict(num_examples=256, batch_size=256, max_new_tokens=64, seed=0)
+            dict(num_examples=256, batch_size=256, max_new_tokens=64, seed=0, answer="marked")
         ),
         init=base.init(),
     )
@@ -73,7 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     config.ppo.kl.coef = 0.01
     config.ppo.reward.source = "verifiable"
-    config.ppo.reward.verifiable = ml_collections.ConfigDict({"exact_match": 1.0})
+    config.ppo.reward.verifiable = ml_collections.ConfigDict({"marked_match": 1.0})
     config.ppo.process.update(
         source=arg.source, form=arg.form, outcome_weight=float(arg.outcome_weight), max_steps=12
     )

@@ -60,11 +60,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ),
         grpo=grpo_loss.default_config(),
         eval=ml_collections.ConfigDict(
-            dict(num_examples=256, batch_size=256, max_new_tokens=64, seed=0)
+            dict(num_examples=256, batch_size=256, max_new_tokens=64, seed=0, answer="marked")
         ),
         init=base.init(),
     )
     config.grpo.update(num_generations=8, max_new_tokens=64, beta=0.01, temperature=1.0)
+    config.grpo.rewards = ml_collections.ConfigDict({"marked_match": 1.0})  # "#### n" only
     config.grpo.process.update(
         source="prime",
         form="sum",

@@ -77,15 +77,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ),
         grpo=grpo_loss.default_config(),
         eval=ml_collections.ConfigDict(
-            dict(num_examples=256, batch_size=256, max_new_tokens=40, seed=0)
+            # A chain's answer is its "#### n" line: one cut off by the budget is no answer.
+            dict(num_examples=256, batch_size=256, max_new_tokens=40, seed=0, answer="marked")
         ),
         init=base.init(),
     )
     # A canonical solution is <= 31 bytes, one with a restated step <= 39: a
     # 40-token budget fits one restatement and EOS; a second one risks the cut-off.
     config.grpo.update(
-        num_generations=8, max_new_tokens=40, beta=0.01, temperature=1.0, advantage="rloo"
+        num_generations=8,
+        max_new_tokens=40,
+        beta=0.01,
+        temperature=1.0,
+        advantage="rloo",
     )
+    # The verifiable reward (outcome_weight > 0) reads a chain's "#### n" line only.
+    config.grpo.rewards = ml_collections.ConfigDict({"marked_match": 1.0})
     config.grpo.process.update(
         source=arg.source,
         form=arg.form,

@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 from rl_lm import parallel
 from rl_lm.data import prompt_batches
 from rl_lm.models.config import ModelConfig
-from rl_lm.rewards.verifiable import exact_match
+from rl_lm.rewards import verifiable
 from rl_lm.sampling.sampler import make_sampler
 
 
@@ -29,6 +29,7 @@ def make_exact_match_eval(
     max_prompt_len: int,
     max_new_tokens: int,
     seed: int = 0,
+    answer: str = "any",
 ) -> Callable[[Any], dict[str, float]]:
     """Builds params -> {"accuracy", "num_examples"} on a fixed held-out set.
 
@@ -47,7 +48,9 @@ def make_exact_match_eval(
       max_prompt_len: prompt length P ([BOS] + prompt, left-padded).
       max_new_tokens: greedy decode steps at most.
       seed: which fixed subset of the source to use.
+      answer: "any" or "marked" (`verifiable.extract_answer`; the config's eval.answer).
     """
+    verifiable.extract_answer("", answer)  # An unknown format fails here, not after training.
     if not 0 < num_examples <= len(source):
         raise ValueError(
             f"eval.num_examples={num_examples} must be in [1, {len(source)}] (the held-out "
@@ -82,13 +85,14 @@ def make_exact_match_eval(
             out = sampler(params, arrays["prompt"], arrays["prompt_mask"], rng)
             texts = tokenizer.decode_batch(parallel.to_host(out.tokens), parallel.to_host(out.mask))
             take = min(batch_size, num_examples - seen)
-            correct += float(exact_match(texts[:take], list(batch["answer"][:take])).sum())
+            answers = list(batch["answer"][:take])
+            correct += float(verifiable.exact_match(texts[:take], answers, answer).sum())
             seen += take
             if not shown:
                 prompts = tokenizer.decode_batch(batch["prompt"], batch["prompt_mask"])
                 shown = list(zip(prompts, texts, batch["answer"], strict=True))[:3]
-        for prompt, text, answer in shown:
-            logging.info("eval sample: %r -> %r (answer %r)", prompt, text, answer)
+        for prompt, text, reference in shown:
+            logging.info("eval sample: %r -> %r (answer %r)", prompt, text, reference)
         return {"accuracy": correct / seen, "num_examples": float(seen)}
 
     return evaluate

@@ -84,6 +84,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     train_source = load_source(data.name, "train", data_dir=data.data_dir)
     test_source = load_source(data.name, "test", data_dir=data.data_dir)
     reward_fn = verifiable.combine(dict(cfg.rewards))
+    answer_format = config.eval.get("answer", "any")  # what train_accuracy counts as an answer
     rm_cfg = rm_rewards.model_config(config, cfg.reward_source, "grpo.reward_source")
     use_rm = rm_cfg is not None
     use_verifiable = cfg.reward_source != "reward_model"
@@ -191,7 +192,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         }
         texts = tokenizer.decode_batch(host["response"], host["mask"])
         answers = np.repeat(np.asarray(prompts["answer"], dtype=object), g)
-        host["correct"] = verifiable.exact_match(texts, list(answers))
+        host["correct"] = verifiable.exact_match(texts, list(answers), answer_format)
         if process is not None:
             prompt_texts = tokenizer.decode_batch(prompts["prompt"], prompts["prompt_mask"])
             process_rewards.score_on_host(process, host, prompt_texts, texts, g)

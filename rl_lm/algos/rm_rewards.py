@@ -195,5 +195,6 @@ def make_policy_eval(
         max_prompt_len=data.max_prompt_len,
         max_new_tokens=ev.max_new_tokens,
         seed=ev.seed,
+        answer=ev.get("answer", "any"),
     )
     return lambda params, ref_params: heldout(params)

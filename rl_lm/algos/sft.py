@@ -106,6 +106,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         max_prompt_len=data.max_prompt_len,
         max_new_tokens=config.eval.max_new_tokens,
         seed=config.eval.seed,
+        answer=config.eval.get("answer", "any"),
     )
     return common.Trainer(
         mesh=mesh,

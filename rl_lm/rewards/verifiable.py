@@ -28,15 +28,23 @@ def normalize(answer: str) -> str:
     return s
 
 
-def extract_answer(text: str) -> str:
+ANSWER_FORMATS = ("any", "marked")
+
+
+def extract_answer(text: str, answer: str = "any") -> str:
     """The final answer of a response.
 
     Looks, in order, for a GSM8K-style "#### answer" marker, a LaTeX
     \\boxed{answer}, then the last number in the text. Returns "" when there is
-    none.
+    none. With answer="marked" only the marker counts: for tasks whose solutions
+    end in "#### n" (the chain task), a response cut off before it has no answer,
+    whatever number it wrote last.
     """
+    _check_format(answer)
     if "####" in text:
         return normalize(text.rsplit("####", 1)[1].split("\n")[0])
+    if answer == "marked":
+        return ""
     boxed = _BOXED.findall(text)
     if boxed:
         return normalize(boxed[-1])
@@ -44,16 +52,23 @@ def extract_answer(text: str) -> str:
     return normalize(numbers[-1]) if numbers else ""
 
 
-def exact_match(responses: Sequence[str], answers: Sequence[str]) -> np.ndarray:
-    """1.0 where the extracted final answer equals the reference answer."""
+def exact_match(
+    responses: Sequence[str], answers: Sequence[str], answer: str = "any"
+) -> np.ndarray:
+    """1.0 where the extracted final answer (`extract_answer(r, answer)`) equals the reference."""
     _check_lengths(responses, answers)
     return np.array(
         [
-            float(extract_answer(r) == normalize(a) and normalize(a) != "")
+            float(extract_answer(r, answer) == normalize(a) and normalize(a) != "")
             for r, a in zip(responses, answers, strict=True)
         ],
         np.float32,
     )
+
+
+def marked_match(responses: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+    """exact_match that reads only a "#### answer" marker."""
+    return exact_match(responses, answers, "marked")
 
 
 def format_reward(pattern: str = r"-?\d+") -> RewardFn:
@@ -69,6 +84,7 @@ def format_reward(pattern: str = r"-?\d+") -> RewardFn:
 
 REWARDS: dict[str, Callable[[], RewardFn]] = {
     "exact_match": lambda: exact_match,
+    "marked_match": lambda: marked_match,
     "format": format_reward,
 }
 
@@ -96,3 +112,10 @@ def combine(weights: dict[str, float]) -> RewardFn:
 def _check_lengths(responses: Sequence[str], answers: Sequence[str]) -> None:
     if len(responses) != len(answers):
         raise ValueError(f"Got {len(responses)} responses but {len(answers)} answers.")
+
+
+def _check_format(answer: str) -> None:
+    if answer not in ANSWER_FORMATS:
+        raise ValueError(
+            f"unknown answer format {answer!r} (eval.answer); choose one of {ANSWER_FORMATS}."
+        )

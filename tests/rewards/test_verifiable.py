@@ -41,3 +41,19 @@ def test_errors():
         verifiable.combine({"exact": 1.0})
     with pytest.raises(ValueError, match="2 responses but 1 answers"):
         verifiable.exact_match(["1", "2"], ["1"])
+    with pytest.raises(ValueError, match="answer format 'strict'.*eval.answer"):
+        verifiable.exact_match(["1"], ["1"], "strict")
+
+
+def test_marked_answers_read_only_the_marker():
+    # A chain cut off by the budget before its "#### n" line wrote the right number last.
+    cut = "12+5=17\n17*3=51\n51-7=44\n51-7=44\n"
+    assert verifiable.extract_answer(cut) == "44"
+    assert verifiable.extract_answer(cut, "marked") == ""
+    assert verifiable.extract_answer(cut + "#### 44", "marked") == "44"
+    assert verifiable.extract_answer(cut + "#### 4", "marked") == "4"  # a cut answer line
+    responses = [cut, cut + "#### 44", "\\boxed{44}"]
+    np.testing.assert_array_equal(verifiable.marked_match(responses, ["44"] * 3), [0, 1, 0])
+    np.testing.assert_array_equal(verifiable.exact_match(responses, ["44"] * 3), [1, 1, 1])
+    fn = verifiable.combine({"marked_match": 1.0})
+    np.testing.assert_array_equal(fn(responses, ["44"] * 3), [0, 1, 0])
