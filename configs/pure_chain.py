@@ -39,6 +39,17 @@ CPU smoke run:
 Other options: source=prm with --config.grpo.process.prm_workdir=runs/prm_chain (a
 configs/prm_chain.py run), --config.grpo.process.transform=clip|delta,
 --config.grpo.process.baseline=group_norm|none.
+
+Padding before the answer, from a policy it does not derail (README, "A policy
+that pads without derailing"): demonstrations that restate only the last
+operation step, a checker that pays restatements before the answer only, and
+budget-cut steps judged by their prefix:
+
+    python -m launch.train \
+        --config=configs/pure_chain.py:form=sum,source=restate_before,restate_at=3 \
+        --workdir=runs/strong_sum --config.grpo.process.cut_step=completed
+
+Held-out and training accuracy read the "#### n" line only (eval.answer="marked").
 """
 
 import ml_collections
