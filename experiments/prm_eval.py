@@ -65,6 +65,27 @@ def step_metrics(
     return out
 
 
+def encode_responses(tokenizer, responses: list[str], max_new_tokens: int):
+    """Right-padded [N, max_new_tokens] response tokens and mask, as the sampler returned them.
+
+    A response that ended before the budget gets its EOS back. One the budget
+    cut (max_new_tokens tokens, no EOS) gets none, so the PRM scores it as GRPO
+    does: its last step unfinished.
+    """
+    tokens = np.full((len(responses), max_new_tokens), tokenizer.pad_id, np.int32)
+    mask = np.zeros((len(responses), max_new_tokens), np.int32)
+    for i, text in enumerate(responses):
+        ids = tokenizer.encode(text)
+        if len(ids) > max_new_tokens:
+            raise ValueError(
+                f"response {i} has {len(ids)} tokens, over the {max_new_tokens} budget."
+            )
+        if len(ids) < max_new_tokens:
+            ids = ids + [tokenizer.eos_id]
+        tokens[i, : len(ids)], mask[i, : len(ids)] = ids, 1
+    return tokens, mask
+
+
 def score(prm_workdir: str, policy_config, prompts: list[str], responses: list[str]):
     """(p_NxS, mask_NxS) of a PRM run on prompt-major responses (the same number per prompt)."""
     tokenizer = load_tokenizer(policy_config.tokenizer)
@@ -74,9 +95,7 @@ def score(prm_workdir: str, policy_config, prompts: list[str], responses: list[s
     longest = max(len(tokenizer.encode(p, add_bos=bos)) for p in prompts)
     width = max(policy_config.data.get("max_prompt_len") or 0, longest)
     prompt, prompt_mask = tokenizer.encode_batch(prompts, width, "left", add_bos=bos)
-    response, response_mask = tokenizer.encode_batch(
-        responses, _MAX_NEW.value + 1, "right", add_eos=True, truncate="right"
-    )
+    response, response_mask = encode_responses(tokenizer, responses, _MAX_NEW.value)
     p, m = prm.score_responses(
         params, prm_cfg, prompt, prompt_mask, response, response_mask, **step_args
     )

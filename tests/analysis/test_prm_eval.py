@@ -31,3 +31,15 @@ def test_step_metrics_by_hand():
     )
     assert got["auc_step1"] == pytest.approx(1.0)  # right 0.9, 0.8 over wrong 0.7
     assert got["auc_step2"] == pytest.approx(1.0)  # right 0.4 over wrong 0.1
+
+
+def test_encode_responses_gives_back_eos_only_to_responses_that_ended():
+    from rl_lm.models.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer()
+    tokens, mask = prm_eval.encode_responses(tok, ["12", "1234", "123"], 4)
+    assert mask.sum(1).tolist() == [3, 4, 4]
+    assert tokens[0, 2] == tok.eos_id and tokens[2, 3] == tok.eos_id
+    assert tok.eos_id not in tokens[1]  # cut by the 4-token budget: no EOS
+    with pytest.raises(ValueError, match="over the 4 budget"):
+        prm_eval.encode_responses(tok, ["12345"], 4)
