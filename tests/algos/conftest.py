@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from rl_lm import parallel
-from rl_lm.algos import common, process_rewards
+from rl_lm.algos import common, prm_runs, process_rewards
 from rl_lm.models import transformer as tf
 from rl_lm.models.tokenizer import ByteTokenizer
 
@@ -16,7 +16,7 @@ def random_prm(monkeypatch):
     randomly initialized PRM of that shape, whatever the workdir."""
 
     def install(model):
-        prm_cfg = process_rewards.prm_model_config(model)
+        prm_cfg = prm_runs.prm_model_config(model)
         prm_params = tf.init_params(prm_cfg, jax.random.PRNGKey(5))
         monkeypatch.setattr(
             process_rewards, "load_prm", lambda workdir, model, section: (prm_params, prm_cfg)

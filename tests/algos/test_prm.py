@@ -10,7 +10,7 @@ import pytest
 
 from configs import prm_chain
 from rl_lm import parallel
-from rl_lm.algos import prm
+from rl_lm.algos import prm, prm_runs
 from rl_lm.data import load_source, sft_batches
 from rl_lm.models.config import get_model_config
 from rl_lm.models.tokenizer import ByteTokenizer
@@ -177,7 +177,7 @@ def test_load_prm_reads_the_prm_runs_own_shape(tmp_path):
     import dataclasses
     import json
 
-    from rl_lm.algos import common, process_rewards
+    from rl_lm.algos import common
     from rl_lm.train.checkpoint import Checkpointer
 
     policy = dict(dataclasses.asdict(get_model_config("tiny")), vocab_size=320, max_seq_len=96)
@@ -195,7 +195,7 @@ def test_load_prm_reads_the_prm_runs_own_shape(tmp_path):
     ckpt.save(7, {"params": params, "step": np.int32(7)}, wait=True)
     (tmp_path / "config.json").write_text(json.dumps({"model": bigger}))
 
-    loaded, prm_cfg = process_rewards.load_prm(str(tmp_path), policy)
+    loaded, prm_cfg = prm_runs.load_prm(str(tmp_path), policy)
     assert (prm_cfg.dim, prm_cfg.num_layers) == (bigger["dim"], bigger["num_layers"])
     assert prm_cfg.max_seq_len == 96  # long enough for the policy's rows
     assert prm_cfg.scalar_head and not prm_cfg.lm_head
@@ -203,7 +203,7 @@ def test_load_prm_reads_the_prm_runs_own_shape(tmp_path):
         np.testing.assert_array_equal(a, b)
 
     with pytest.raises(ValueError, match="policy's tokenizer"):
-        process_rewards.load_prm(str(tmp_path), dict(policy, vocab_size=512))
+        prm_runs.load_prm(str(tmp_path), dict(policy, vocab_size=512))
 
 
 def test_token_labels_by_hand_and_at_step_ends():
