@@ -114,6 +114,11 @@ def validate(cfg: Any, grpo_cfg: Any = None, section: str = "grpo.process") -> l
         problems.append(f"{section}.cut_step={cfg.cut_step!r} not in {step_checkers.CUT_STEPS}")
     if not enabled(cfg):
         return problems
+    if cfg.cut_step != "as_written" and cfg.source in ("prm", "prime"):
+        problems.append(
+            f"{section}.cut_step={cfg.cut_step!r} applies to the step checkers; a learned PRM "
+            f"(source={cfg.source!r}) scores a cut step's prefix itself"
+        )
     if cfg.source == "prm" and not cfg.get("prm_workdir"):
         problems.append(
             f"{section}.source='prm' needs {section}.prm_workdir (a configs/prm_chain.py run)"

@@ -212,7 +212,10 @@ def test_validate_names_the_process_field():
     cfg.process.update(source="strict", cut_step="finished")
     with pytest.raises(ValueError, match="grpo.process.cut_step='finished'"):
         grpo_loss.validate(cfg)
-    cfg.process.cut_step = "completed"
+    cfg.process.update(source="prm", prm_workdir="runs/prm", cut_step="completed")
+    with pytest.raises(ValueError, match="cut_step='completed' applies to the step checkers"):
+        grpo_loss.validate(cfg)
+    cfg.process.update(source="strict", cut_step="completed")
     cfg.dynamic_sampling = True
     with pytest.raises(ValueError, match="dynamic_sampling"):
         grpo_loss.validate(cfg)
