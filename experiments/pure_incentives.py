@@ -10,12 +10,14 @@ So a right step earns +1 and a wrong one -1 (rewards 2p - 1). A padding step
 policy solves the first k steps and then pads to the budget, or solves all S
 and stops ("honest"). Named ones: "honest + pad" (k = S), "pad only" (k = 0).
 
-For each one, the expected first-step return E[G_1] is computed under the credit
-form (`rl_lm.core.credit.step_returns`), with the group baseline applied first.
+For each one, the expected return is computed under the credit form
+(`rl_lm.core.credit.step_returns`), with the group baseline applied first.
 "loo" is PURE's step baseline: every step loses b, the mean step reward of the
 honest peers (`credit.subtract_loo_mean` in expectation). "none" subtracts
 nothing. Peers are honest, so the question is whether the first padding a
-policy samples is reinforced.
+policy samples is reinforced. GRPO credits each token of step s with G_s, the
+return from step s on, so two policies that first differ at step s are
+compared by E[G_s].
 
 What it shows (`thresholds`, `drop_gains`; the tests check the closed forms):
 - sum-form pays for padding after the answer iff r_pad > b (loo) or r_pad > 0
@@ -23,13 +25,12 @@ What it shows (`thresholds`, `drop_gains`; the tests check the closed forms):
 - to give up the whole solution for padding, sum-form needs r_pad > b and
   min-form only r_pad > 2 P_S - 1 <= b: min-form, whose return is its worst
   step, is the more tempted to swap a risky solution for a sure score;
-- to give up only the last steps, the gains are far larger under sum-form.
-  Padding in place of steps k+1 .. S (against solving, then padding) gains
-  sum_{s > k} (r_pad + 1 - 2 P_s) under sum-form: every dropped step's own
-  failure rate, counted again after an earlier slip. Under min-form it gains
-  (P_k - P_S) (r_pad + 1): only when the first slip would have been among
-  the dropped steps. So with r_pad = 1, dropping the answer line for padding
-  pays sum-form 2 (1 - P_S) and min-form 2 P_{S-1} (1 - p_S).
+- padding in place of steps k+1 .. S (against solving them, then padding)
+  gains sum_{s > k} (r_pad + 1 - 2 P_s) under sum-form, one term per dropped
+  step, but (1 - P_S)(r_pad + 1) under min-form, whatever k is. In place of
+  the answer alone (k = S - 1) the two are equal. Min-form's return from step
+  k+1 is the worst step ahead, so dropping one risky step or all of them pays
+  the same; sum-form is paid for every step it drops.
 """
 
 from __future__ import annotations
@@ -84,9 +85,9 @@ def _policy(policy: str | int, S: int) -> tuple[int, bool]:
 
 
 def expected_return(
-    p_S, r_pad: float, budget: int, policy: str | int, form: str, baseline: str
+    p_S, r_pad: float, budget: int, policy: str | int, form: str, baseline: str, at_step: int = 1
 ) -> float:
-    """E[G_1] of `policy` under credit `form` after `baseline` ("loo" or "none").
+    """E[G_s] of `policy` under credit `form` after `baseline` ("loo" or "none"), s = `at_step`.
 
     Args:
         p_S: per-step success probabilities, each given the steps before were right.
@@ -95,6 +96,8 @@ def expected_return(
         policy: one of POLICIES, or k: solve steps 1 .. k, then pad to the budget.
         form: a credit form of `credit.step_returns` ("sum", "min", "soft_min").
         baseline: one of BASELINES.
+        at_step: s, 1-based. GRPO credits every token of step s with G_s, so two
+            policies that first differ at step s are told apart by E[G_s].
     """
     prob_O, r_OxS = strict_outcomes(p_S)
     S = r_OxS.shape[1]
@@ -115,14 +118,25 @@ def expected_return(
     if baseline == "loo":
         r_OxK = np.where(mask_OxK, r_OxK - honest_baseline(p_S), 0.0)
     G_OxK = _step_returns(jnp.asarray(r_OxK, jnp.float32), jnp.asarray(mask_OxK), form=form)
-    return float(prob_O @ np.asarray(G_OxK[:, 0], np.float64))
+    if not 1 <= at_step <= int(mask_OxK[0].sum()):
+        raise ValueError(f"policy {policy!r} has no step {at_step}.")
+    return float(prob_O @ np.asarray(G_OxK[:, at_step - 1], np.float64))
 
 
 def drop_gains(p_S, r_pad: float, budget: int, form: str, baseline: str = "loo") -> np.ndarray:
-    """[S + 1]: E[G_1] of solving k steps then padding, minus that of honest + pad, k = 0 .. S."""
-    full = expected_return(p_S, r_pad, budget, "honest+pad", form, baseline)
+    """[S + 1]: what padding in place of steps k+1 .. S gains over solving them, k = 0 .. S.
+
+    The two policies first differ at step k + 1, so the gain is that step's
+    credit: E[G_{k+1}] of solving k steps then padding, minus that of honest + pad
+    (0 at k = S, where they are the same policy).
+    """
+    S = len(p_S)
     return np.array(
-        [expected_return(p_S, r_pad, budget, k, form, baseline) - full for k in range(len(p_S) + 1)]
+        [
+            expected_return(p_S, r_pad, budget, k, form, baseline, at_step=min(k + 1, S))
+            - expected_return(p_S, r_pad, budget, "honest+pad", form, baseline, min(k + 1, S))
+            for k in range(S + 1)
+        ]
     )
 
 
@@ -205,7 +219,7 @@ def figure(p_S, r_pad: float, budget: int, mark: str) -> Figure:
     bx.axhline(0, color="k", lw=0.8)
     bx.set_xticks(k, [f"{j}" for j in k])
     bx.set_xlabel(f"real steps kept before padding (the answer is step {S})")
-    bx.set_ylabel("E[return] gain over solving, then padding")
+    bx.set_ylabel("gain in E[return from step k+1]")
     bx.set_title(f"giving up the last steps ({mark}, r_pad = {r_pad:g}, loo)", fontsize=10)
     bx.grid(alpha=0.3, axis="y")
     bx.legend(fontsize=8)

@@ -38,6 +38,22 @@ def test_expected_return_by_hand(policy, form, baseline, r_pad, want):
     assert got == pytest.approx(want, abs=1e-6)
 
 
+@pytest.mark.parametrize(
+    "policy, form, want",
+    [
+        # G_2 of the honest rows (-1, -1), (1, -1), (1, 1): step 2 alone.
+        ("honest", "min", 0.6 * -1 + 0.4 * 1),
+        ("honest", "sum", 0.6 * -1 + 0.4 * 1),
+        # With a 0.5 pad after: min(r_2, .5) and r_2 + .5.
+        ("honest+pad", "min", 0.6 * -1 + 0.4 * 0.5),
+        ("honest+pad", "sum", 0.6 * -0.5 + 0.4 * 1.5),
+    ],
+)
+def test_return_from_a_later_step_by_hand(policy, form, want):
+    got = pi.expected_return(P_HAND, 0.5, 3, policy, form, "none", at_step=2)
+    assert got == pytest.approx(want, abs=1e-6)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_thresholds_match_the_closed_forms(seed):
     rng = np.random.default_rng(seed)
@@ -63,7 +79,7 @@ def test_drop_gains_match_the_closed_forms(seed, baseline):
     r_pad = float(rng.uniform(-1, 1))
     P_k = np.concatenate([[1.0], np.cumprod(p)])  # P(first k steps right), k = 0 .. S
     want_sum = [np.sum(r_pad + 1 - 2 * P_k[k + 1 :]) for k in range(5)]
-    want_min = (P_k - P_k[-1]) * (r_pad + 1)
+    want_min = [(1 - P_k[-1]) * (r_pad + 1)] * 4 + [0.0]
     np.testing.assert_allclose(pi.drop_gains(p, r_pad, 6, "sum", baseline), want_sum, atol=1e-5)
     np.testing.assert_allclose(pi.drop_gains(p, r_pad, 6, "min", baseline), want_min, atol=1e-5)
 
@@ -81,6 +97,8 @@ def test_bad_input_is_named():
         pi.strict_outcomes([1.5])
     with pytest.raises(ValueError, match="policy"):
         pi.expected_return(P_HAND, 0.0, 3, "lazy", "sum", "none")
+    with pytest.raises(ValueError, match="has no step 3"):
+        pi.expected_return(P_HAND, 0.0, 3, "honest", "sum", "none", at_step=3)
     with pytest.raises(ValueError, match="k = 0 .. 2"):
         pi.expected_return(P_HAND, 0.0, 3, 3, "sum", "none")
 
