@@ -70,18 +70,17 @@ def encode_responses(tokenizer, responses: list[str], max_new_tokens: int):
 
     A response that ended before the budget gets its EOS back. One the budget
     cut (max_new_tokens tokens, no EOS) gets none, so the PRM scores it as GRPO
-    does: its last step unfinished.
+    does: its last step unfinished. Decoding is lossy for byte sequences that
+    are not UTF-8 (an untrained model's), which re-encode longer: those count as
+    cut and keep their first max_new_tokens tokens.
     """
     tokens = np.full((len(responses), max_new_tokens), tokenizer.pad_id, np.int32)
     mask = np.zeros((len(responses), max_new_tokens), np.int32)
     for i, text in enumerate(responses):
         ids = tokenizer.encode(text)
-        if len(ids) > max_new_tokens:
-            raise ValueError(
-                f"response {i} has {len(ids)} tokens, over the {max_new_tokens} budget."
-            )
         if len(ids) < max_new_tokens:
             ids = ids + [tokenizer.eos_id]
+        ids = ids[:max_new_tokens]
         tokens[i, : len(ids)], mask[i, : len(ids)] = ids, 1
     return tokens, mask
 

@@ -41,5 +41,6 @@ def test_encode_responses_gives_back_eos_only_to_responses_that_ended():
     assert mask.sum(1).tolist() == [3, 4, 4]
     assert tokens[0, 2] == tok.eos_id and tokens[2, 3] == tok.eos_id
     assert tok.eos_id not in tokens[1]  # cut by the 4-token budget: no EOS
-    with pytest.raises(ValueError, match="over the 4 budget"):
-        prm_eval.encode_responses(tok, ["12345"], 4)
+    # Bytes that were not UTF-8 decode to U+FFFD and re-encode longer: counted as cut.
+    tokens, mask = prm_eval.encode_responses(tok, ["\ufffd\ufffd"], 4)
+    assert mask.sum() == 4 and tok.eos_id not in tokens[0]
