@@ -50,7 +50,7 @@ def make_exact_match_eval(
       seed: which fixed subset of the source to use.
       answer: "any" or "marked" (`verifiable.extract_answer`; the config's eval.answer).
     """
-    verifiable.extract_answer("", answer)  # An unknown format fails here, not after training.
+    verifiable.check_answer_format(answer)  # fail here, not after training
     if not 0 < num_examples <= len(source):
         raise ValueError(
             f"eval.num_examples={num_examples} must be in [1, {len(source)}] (the held-out "

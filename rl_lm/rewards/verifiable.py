@@ -40,7 +40,7 @@ def extract_answer(text: str, answer: str = "any") -> str:
     end in "#### n" (the chain task), a response cut off before it has no answer,
     whatever number it wrote last.
     """
-    _check_format(answer)
+    check_answer_format(answer)
     if "####" in text:
         return normalize(text.rsplit("####", 1)[1].split("\n")[0])
     if answer == "marked":
@@ -114,7 +114,8 @@ def _check_lengths(responses: Sequence[str], answers: Sequence[str]) -> None:
         raise ValueError(f"Got {len(responses)} responses but {len(answers)} answers.")
 
 
-def _check_format(answer: str) -> None:
+def check_answer_format(answer: str) -> None:
+    """Raises ValueError naming eval.answer unless `answer` is in ANSWER_FORMATS."""
     if answer not in ANSWER_FORMATS:
         raise ValueError(
             f"unknown answer format {answer!r} (eval.answer); choose one of {ANSWER_FORMATS}."
