@@ -21,7 +21,8 @@ tabulates and plots the runs). Arguments: form=sum|min|soft_min,
 outcome_weight=0|0.1 (PRM only vs PRM plus 10% verifiable reward),
 source=restate|restate_before|strict|local|lenient, restate=50 (percentage of
 demonstrations that restate a line), restate_at=0 (which line: 0 any, k line k),
-sft_steps=..., runlocal.
+restate_times=1 (a restatement writes 1 .. n copies), restate_value=0 (1: copies
+are the short "=v", the line's result), sft_steps=..., runlocal.
 
     python -m launch.train --config=configs/pure_chain.py:form=sum --workdir=runs/pure_sum
 
@@ -70,10 +71,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         source="restate",
         restate=50,
         restate_at=0,
+        restate_times=1,
+        restate_value=0,
     )
     outcome_weight = float(arg.outcome_weight or 0.0)
     shape = dict(dim=64, num_layers=2, mlp_dim=256, max_seq_len=96)
-    data_name = chain.dataset_name(restate=arg.restate, restate_at=arg.restate_at)
+    restated = dict(
+        restate=arg.restate,
+        restate_at=arg.restate_at,
+        restate_times=arg.restate_times,
+        restate_value=arg.restate_value,
+    )
+    data_name = chain.dataset_name(**restated)
+    copy_len = 4 if arg.restate_value else 8  # "=v\n" or a whole "a<op>b=c\n" line
+    sft_len = max(64, 48 + copy_len * arg.restate_times)
     config = base.experiment(
         "grpo",
         model=base.model("cpu", **shape),
@@ -116,10 +127,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_steps=300, log_every=10, eval_every=50, ckpt_every=100, eval_at_start=True
     )
     if arg.runlocal:
-        config.model = base.model("tiny", max_seq_len=64)
-        small = chain.dataset_name(
-            restate=arg.restate, restate_at=arg.restate_at, train_size=256, test_size=32
-        )
+        config.model = base.model("tiny", max_seq_len=sft_len)
+        small = chain.dataset_name(**restated, train_size=256, test_size=32)
         config.data.update(name=small, batch_size=8)
         config.grpo.num_generations = 4
         config.grpo.max_new_tokens = 24
@@ -127,16 +136,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.train = base.train(
             num_steps=4, log_every=2, eval_every=2, ckpt_every=2, eval_at_start=True
         )
-    # [BOS] + prompt (<= 12) + a restated solution (<= 39) + [EOS] <= 64 bytes.
+    # [BOS] + prompt (<= 12) + a solution (<= 31) with its copies + [EOS].
     config.warm_start = sft_arith.chain_warm_start(
         config.model,
         arg.sft_steps,
         arg.runlocal,
         name=data_name,
-        small_name=chain.dataset_name(
-            restate=arg.restate, restate_at=arg.restate_at, train_size=256, test_size=32
-        ),
-        max_len=64,
+        small_name=chain.dataset_name(**restated, train_size=256, test_size=32),
+        max_len=sft_len,
         max_new_tokens=config.grpo.max_new_tokens,
     )
     config.lock()

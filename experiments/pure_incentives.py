@@ -30,7 +30,13 @@ What it shows (`thresholds`, `drop_gains`; the tests check the closed forms):
   step, but (1 - P_S)(r_pad + 1) under min-form, whatever k is. In place of
   the answer alone (k = S - 1) the two are equal. Min-form's return from step
   k+1 is the worst step ahead, so dropping one risky step or all of them pays
-  the same; sum-form is paid for every step it drops.
+  the same; sum-form is paid for every step it drops;
+- against a policy that stops after its answer (`swap_gains`), padding that
+  replaces real steps one for one never tempts sum-form alone: min-form is
+  paid at least sum-form's gain per dropped step. What sum-form pays for and
+  min-form does not is padding that adds steps, and that costs accuracy only
+  where the budget makes padding displace the answer, more padding steps in
+  the answer's room than the one answer step they push out.
 """
 
 from __future__ import annotations
@@ -136,6 +142,28 @@ def drop_gains(p_S, r_pad: float, budget: int, form: str, baseline: str = "loo")
             expected_return(p_S, r_pad, budget, k, form, baseline, at_step=min(k + 1, S))
             - expected_return(p_S, r_pad, budget, "honest+pad", form, baseline, min(k + 1, S))
             for k in range(S + 1)
+        ]
+    )
+
+
+def swap_gains(p_S, r_pad: float, form: str, baseline: str = "loo") -> np.ndarray:
+    """[S]: what padding in place of steps k+1 .. S, one for one, gains over solving them.
+
+    Against the honest policy (which stops after its answer), with the same
+    number of steps, so that nothing but the swap differs. E[G_{k+1}] of solving
+    k steps then padding to S steps, minus that of honest, k = 0 .. S - 1.
+    Under sum-form that is sum_{s > k} (r_pad - E[r_s]); under min-form
+    r_pad - E[min_{s > k} r_s] >= r_pad - E[r_s] for every s > k. So min-form
+    is paid at least the mean per-step gain of sum-form: whenever sum-form is
+    paid to swap real steps for padding, so is min-form (any step rewards, not
+    just the strict chain's; the loo baseline shifts both sides alike).
+    """
+    S = len(p_S)
+    return np.array(
+        [
+            expected_return(p_S, r_pad, S, k, form, baseline, at_step=k + 1)
+            - expected_return(p_S, r_pad, S, "honest", form, baseline, at_step=k + 1)
+            for k in range(S)
         ]
     )
 

@@ -8,9 +8,11 @@ overlays, per step, the accuracy of the temperature-1 training samples
 (`train_accuracy`, smoothed over --smooth logged points), the greedy held-out exact
 match (`eval/accuracy`), the steps per response (padding shows here) and the
 first step's return under the run's credit form before any baseline
-(`process_return`: what the policy is paid). A markdown table gives, per run,
-the held-out accuracy at the start and the end and the means of the training
-curves over the first and the last --tail steps.
+(`process_return`: what the policy is paid), and the fraction of greedy
+held-out responses the budget cut before their end (`eval/cut`: padding that
+pushed the answer out). A markdown table gives, per run, the held-out accuracy
+and cut fraction at the start and the end and the means of the training curves
+over the first and the last --tail steps.
 """
 
 from __future__ import annotations
@@ -21,16 +23,12 @@ from matplotlib.figure import Figure
 
 from rl_lm import analysis
 
-_RUNS = flags.DEFINE_list("runs", ["sum=runs/pure_sum", "min=runs/pure_min"], "label=workdir")
-_OUT = flags.DEFINE_string("out", "docs/pure_chain.png", "PNG to write.")
-_SMOOTH = flags.DEFINE_integer("smooth", 5, "Moving-average window, in logged points.")
-_TAIL = flags.DEFINE_integer("tail", 50, "Steps averaged at the start and the end of the table.")
-
 METRICS = (
     ("train_accuracy", "accuracy of training samples (T=1)"),
     ("eval/accuracy", "held-out greedy exact match"),
     ("steps_per_response", "steps per response"),
     ("process_return", "process return (first step)"),
+    ("eval/cut", "held-out greedy cut by the budget"),
 )
 
 
@@ -53,7 +51,7 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def figure(runs: dict[str, str], window: int) -> Figure:
-    fig = Figure(figsize=(14, 3.6))
+    fig = Figure(figsize=(17, 3.6))
     axes = fig.subplots(1, len(METRICS))
     for label, workdir in runs.items():
         curves = analysis.load_metrics(workdir)
@@ -73,13 +71,18 @@ def figure(runs: dict[str, str], window: int) -> Figure:
 
 
 def table(runs: dict[str, str], tail: int) -> str:
-    """Markdown: held-out accuracy first -> last eval, training means first -> last `tail` steps."""
-    head = "| run | held-out greedy | T=1 accuracy | steps per response | process return |"
-    lines = [head, "|---" * 5 + "|"]
+    """Markdown: held-out figures first -> last eval, training means first -> last `tail` steps."""
+    head = (
+        "| run | held-out greedy | greedy cut by the budget | T=1 accuracy | steps per response "
+        "| process return |"
+    )
+    lines = [head, "|---" * 6 + "|"]
     for label, workdir in runs.items():
         curves = analysis.load_metrics(workdir)
-        ev = curves["eval/accuracy"]
-        cells = [f"{ev.values[0]:.1%} -> {ev.values[-1]:.1%}"]
+        cells = []
+        for key in ("eval/accuracy", "eval/cut"):  # runs before eval/cut existed show "-"
+            ev = curves.get(key)
+            cells.append(f"{ev.values[0]:.1%} -> {ev.values[-1]:.1%}" if ev else "-")
         for key in ("train_accuracy", "steps_per_response", "process_return"):
             c = curves[key]
             first, last = c.values[c.steps <= tail], c.values[c.steps > c.steps[-1] - tail]
@@ -90,11 +93,18 @@ def table(runs: dict[str, str], tail: int) -> str:
 
 def main(argv):
     del argv
-    runs = _runs(_RUNS.value)
-    print(table(runs, _TAIL.value))
-    figure(runs, _SMOOTH.value).savefig(_OUT.value, dpi=110)
-    print(f"figure: {_OUT.value}")
+    FLAGS = flags.FLAGS
+    runs = _runs(FLAGS.runs)
+    print(table(runs, FLAGS.tail))
+    figure(runs, FLAGS.smooth).savefig(FLAGS.out, dpi=110)
+    print(f"figure: {FLAGS.out}")
 
 
 if __name__ == "__main__":
+    # Flags are defined here, not on import, so tests can import this module
+    # next to other experiment scripts that also have an --out.
+    flags.DEFINE_list("runs", ["sum=runs/pure_sum", "min=runs/pure_min"], "label=workdir")
+    flags.DEFINE_string("out", "docs/pure_chain.png", "PNG to write.")
+    flags.DEFINE_integer("smooth", 5, "Moving-average window, in logged points.")
+    flags.DEFINE_integer("tail", 50, "Steps averaged at the start and the end of the table.")
     app.run(main)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
@@ -31,7 +32,7 @@ def make_exact_match_eval(
     seed: int = 0,
     answer: str = "any",
 ) -> Callable[[Any], dict[str, float]]:
-    """Builds params -> {"accuracy", "num_examples"} on a fixed held-out set.
+    """Builds params -> {"accuracy", "num_examples", "response_len", "cut"} on a fixed held-out set.
 
     The set is the first `num_examples` rows of the `seed` shuffle of `source`
     (the same on every process and every call). Every process builds the whole
@@ -49,6 +50,10 @@ def make_exact_match_eval(
       max_new_tokens: greedy decode steps at most.
       seed: which fixed subset of the source to use.
       answer: "any" or "marked" (`verifiable.extract_answer`; the config's eval.answer).
+
+    Besides accuracy, the mean greedy response length in tokens ("response_len")
+    and the fraction of responses the budget cut before any EOS ("cut") show
+    whether a policy's answers still fit.
     """
     verifiable.check_answer_format(answer)  # fail here, not after training
     if not 0 < num_examples <= len(source):
@@ -75,16 +80,21 @@ def make_exact_match_eval(
         pad_id=tokenizer.pad_id,
     )
     rng = jax.random.PRNGKey(0)  # Unused by greedy decoding.
+    eos_ids = np.asarray(tuple(tokenizer.eos_ids))
 
     def evaluate(params) -> dict[str, float]:
-        correct, seen, shown = 0.0, 0, []
+        correct, seen, shown, length, cut = 0.0, 0, [], 0.0, 0.0
         for batch in batches:
             start, stop = parallel.process_rows(mesh, batch_size)
             local = {k: batch[k][start:stop] for k in ("prompt", "prompt_mask")}
             arrays = parallel.shard_batch(local, mesh, batch_size)
             out = sampler(params, arrays["prompt"], arrays["prompt_mask"], rng)
-            texts = tokenizer.decode_batch(parallel.to_host(out.tokens), parallel.to_host(out.mask))
+            tokens, mask = parallel.to_host(out.tokens), parallel.to_host(out.mask)
+            texts = tokenizer.decode_batch(tokens, mask)
             take = min(batch_size, num_examples - seen)
+            ended = (np.isin(tokens, eos_ids) & (mask > 0)).any(axis=1)[:take]
+            length += float(mask[:take].sum())
+            cut += float((~ended).sum())
             answers = list(batch["answer"][:take])
             correct += float(verifiable.exact_match(texts[:take], answers, answer).sum())
             seen += take
@@ -93,6 +103,11 @@ def make_exact_match_eval(
                 shown = list(zip(prompts, texts, batch["answer"], strict=True))[:3]
         for prompt, text, reference in shown:
             logging.info("eval sample: %r -> %r (answer %r)", prompt, text, reference)
-        return {"accuracy": correct / seen, "num_examples": float(seen)}
+        return {
+            "accuracy": correct / seen,
+            "num_examples": float(seen),
+            "response_len": length / seen,
+            "cut": cut / seen,
+        }
 
     return evaluate

@@ -14,7 +14,10 @@ Two kinds, as configs:
   lines (an operation step or the answer line, uniformly) twice in a row (a
   restatement, as human solutions sometimes do), so that a policy tuned on them
   samples restatements now and then; `restate_at` = k >= 1 restates line k
-  only (e.g. the last operation step, right before the answer line);
+  only (e.g. the last operation step, right before the answer line), and
+  `restate_times` = n > 1 writes the copy 1 .. n times (uniformly), so that
+  the policy samples padding of every length up to n, and `restate_value` = 1
+  writes the short "=v" (the line's result v) instead of the whole line;
 - "prm": prompt, response, answer, labels: step-labelled responses for a
   discriminative PRM. Half are canonical (labels "1111"), half have a wrong
   result at a uniform step k (the answer line included) by a small offset,
@@ -45,6 +48,7 @@ from rl_lm.rewards import steps
 KINDS = ("sft", "prm")
 _OP_NAMES = {"+": "add", "-": "sub", "*": "mul"}
 _MAX_DIGITS = 6
+_MAX_TIMES = 8
 _OFFSETS = (-10, -3, -2, -1, 1, 2, 3, 10)  # Wrong results: the right one plus one of these.
 
 
@@ -64,6 +68,9 @@ class ChainConfig(tfds.core.BuilderConfig):
         restate: percentage of "sft" demonstrations that restate one step.
         restate_at: which line a restatement repeats: 0 any (uniformly), k >= 1
             line k (1 .. num_ops + 1, the answer line last).
+        restate_times: a restatement writes its copy 1 .. restate_times times
+            (uniformly; 1 draws nothing, so datasets before this field keep their rows).
+        restate_value: 1 writes each copy as "=v", v the restated line's result.
     """
 
     kind: str = "sft"
@@ -76,6 +83,8 @@ class ChainConfig(tfds.core.BuilderConfig):
     seed: int = 0
     restate: int = 0
     restate_at: int = 0
+    restate_times: int = 1
+    restate_value: int = 0
 
 
 _CODES = {  # field -> its prefix in config names
@@ -88,8 +97,10 @@ _CODES = {  # field -> its prefix in config names
     "seed": "seed",
     "restate": "restate",
     "restate_at": "at",
+    "restate_times": "times",
+    "restate_value": "value",
 }
-_TOKEN = re.compile(r"(steps|digits|operand|ops|train|test|seed|restate|at)(.+)")
+_TOKEN = re.compile(r"(steps|digits|operand|ops|train|test|seed|restate|at|times|value)(.+)")
 _DEFAULTS = {f: ChainConfig.__dataclass_fields__[f].default for f in ("kind", *_CODES)}
 
 
@@ -127,6 +138,16 @@ def _validate(fields: dict) -> dict:
         raise ValueError(
             f"chain restate_at={f['restate_at']} must be 0 (any line) or a line 1 .. "
             f"{f['num_ops'] + 1}, and needs restate > 0."
+        )
+    if not 1 <= f["restate_times"] <= _MAX_TIMES or (f["restate_times"] > 1 and not f["restate"]):
+        raise ValueError(
+            f"chain restate_times={f['restate_times']} must lie in 1 .. {_MAX_TIMES}, and "
+            "needs restate > 0 when above 1."
+        )
+    if f["restate_value"] not in (0, 1) or (f["restate_value"] and not f["restate"]):
+        raise ValueError(
+            f"chain restate_value={f['restate_value']} must be 0 or 1, and needs restate > 0 "
+            "when 1."
         )
     if f["num_ops"] < 1 or f["train_size"] < 1 or f["test_size"] < 1 or f["seed"] < 0:
         raise ValueError(f"chain num_ops, train_size, test_size must be >= 1 and seed >= 0: {f}.")
@@ -269,7 +290,13 @@ def make_examples(config: ChainConfig) -> dict[str, list[dict[str, str]]]:
             if f["restate"] and restate_rng.random() < f["restate"] / 100:
                 k = int(restate_rng.integers(len(lines)))
                 k = f["restate_at"] - 1 if f["restate_at"] else k
-                lines.insert(k + 1, lines[k])
+                times = 1
+                if f["restate_times"] > 1:
+                    times = int(restate_rng.integers(1, f["restate_times"] + 1))
+                copy = lines[k]
+                if f["restate_value"]:
+                    copy = "=" + re.split("[= ]", copy)[-1]  # "a<op>b=c" -> "=c", "#### n" -> "=n"
+                lines[k + 1 : k + 1] = [copy] * times
             row = {
                 "prompt": prompt,
                 "response": steps.DELIMITER.join(lines),
@@ -290,10 +317,11 @@ def make_examples(config: ChainConfig) -> dict[str, list[dict[str, str]]]:
 class Chain(tfds.core.GeneratorBasedBuilder):
     """tfds builder of the chain datasets ("chain/sft", "chain/prm", ...)."""
 
-    VERSION = tfds.core.Version("1.2.0")
+    VERSION = tfds.core.Version("1.3.0")
     RELEASE_NOTES = {
         "1.1.0": "The restate field (sft demonstrations that restate a line).",
         "1.2.0": "The restate_at field (which line a restatement repeats).",
+        "1.3.0": "The restate_times and restate_value fields (how many copies, and short ones).",
     }
     BUILDER_CONFIGS = list(PRESETS.values())
     DEFAULT_CONFIG_NAME = "sft"

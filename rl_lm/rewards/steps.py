@@ -37,8 +37,9 @@ Two checkers, both 1/0 per step:
 - restate (a PRM that checks progress but pays for restating, the PURE
   failure in its plainest form): strict on new steps (1 while the response
   follows the canonical solution, 0 from the first slip on), but a verbatim
-  repeat of any line already written scores 1, right or wrong, and does not
-  advance the chain: it looks like a valid step. Under min-form a restatement
+  repeat of any line already written, or a short "=v" restating a result v
+  already written, scores 1, right or wrong, and does not advance the chain:
+  it looks like a valid step. Under min-form a restatement
   changes nothing (the min is already set by the other steps); under sum-form
   every restatement earns a step reward, up to the response budget, where the
   cut-off response loses its answer.
@@ -68,6 +69,7 @@ _PROMPT = re.compile(r"(\d+)((?: [+\-*]\d+)+):")
 _PROMPT_OP = re.compile(r" ([+\-*])(\d+)")
 _STEP = re.compile(r"(-?\d+)([+\-*])(\d+)=(-?\d+)")
 _ANSWER = re.compile(re.escape(ANSWER_PREFIX) + r"(-?\d+)")
+_RESULT = re.compile(r"=(-?\d+)")  # a restated result, e.g. "=44"
 
 
 def apply_op(a: int, op: str, b: int) -> int:
@@ -160,15 +162,25 @@ def local_labels(prompt: str, response: str) -> list[int]:
     return labels
 
 
+def restated_results(lines: Sequence[str]) -> set[str]:
+    """The "=v" lines that restate a result v written on one of `lines`."""
+    results = set()
+    for line in lines:
+        m = _STEP.fullmatch(line) or _ANSWER.fullmatch(line)
+        if m is not None:
+            results.add(f"={m[m.re.groups]}")
+    return results
+
+
 def restate_labels(prompt: str, response: str) -> list[int]:
-    """Strict labels on new steps, but a verbatim repeat of any earlier line scores 1."""
+    """Strict labels on new steps, but repeating an earlier line or its result scores 1."""
     canonical = solve(prompt)
     labels, done, ok, seen = [], 0, True, set()
     for line in split_steps(response):
         if ok and done < len(canonical) and line == canonical[done]:
             done += 1
             labels.append(1)
-        elif line in seen:
+        elif line in seen or (_RESULT.fullmatch(line) and line in restated_results(seen)):
             labels.append(1)
         else:
             ok = False
@@ -199,17 +211,16 @@ CUT_STEPS = ("as_written", "completed")
 def _completed_label(checker: str, prompt: str, response: str) -> int:
     """1 when the response's last (partial) line starts some line the checker accepts there.
 
-    The candidate lines are the canonical steps and the lines already written.
+    The candidate lines are the canonical steps, the lines already written and
+    the "=v" restatements of their results.
     """
     lines = split_steps(response)
     done, partial = lines[:-1], lines[-1]
     head = "".join(line + DELIMITER for line in done)
     check = CHECKERS[checker]
+    candidates = set(solve(prompt)) | set(done) | restated_results(done)
     return int(
-        any(
-            line.startswith(partial) and check(prompt, head + line)[-1] == 1
-            for line in set(solve(prompt)) | set(done)
-        )
+        any(line.startswith(partial) and check(prompt, head + line)[-1] == 1 for line in candidates)
     )
 
 

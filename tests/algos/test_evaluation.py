@@ -1,8 +1,15 @@
 """The held-out evaluation names a bad answer format before building anything."""
 
+from types import SimpleNamespace
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
+from rl_lm import parallel
 from rl_lm.algos import evaluation
+from rl_lm.models.tokenizer import ByteTokenizer
 
 
 def test_unknown_answer_format_fails_before_the_sampler_is_built():
@@ -18,3 +25,45 @@ def test_unknown_answer_format_fails_before_the_sampler_is_built():
             max_new_tokens=1,
             answer="strict",
         )
+
+
+def test_reports_length_and_the_budget_cut_fraction_of_greedy_responses(monkeypatch):
+    tokenizer = ByteTokenizer()
+    eos = tokenizer.eos_ids[0]
+    # Four greedy responses in a 7-token budget: right and ended, wrong and
+    # ended, right but cut by the budget (no EOS), and an immediate EOS.
+    rows = [
+        tokenizer.encode("#### 7") + [eos],
+        tokenizer.encode("#### 8") + [eos],
+        tokenizer.encode("#### 7\n"),
+        [eos],
+    ]
+    tokens = np.full((4, 7), tokenizer.pad_id, np.int32)
+    mask = np.zeros((4, 7), np.int32)
+    for i, ids in enumerate(rows):
+        tokens[i, : len(ids)], mask[i, : len(ids)] = ids, 1
+
+    def fake_make_sampler(*args, **kwargs):
+        def sample(params, prompt, prompt_mask, rng):
+            return SimpleNamespace(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask))
+
+        return sample
+
+    monkeypatch.setattr(evaluation, "make_sampler", fake_make_sampler)
+    source = [{"prompt": f"q{i}", "answer": "7"} for i in range(4)]
+    mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    evaluate = evaluation.make_exact_match_eval(
+        mesh,
+        None,
+        tokenizer,
+        source,
+        num_examples=4,
+        batch_size=4,
+        max_prompt_len=4,
+        max_new_tokens=7,
+        answer="marked",
+    )
+    out = evaluate(None)
+    assert out["accuracy"] == pytest.approx(2 / 4)
+    assert out["response_len"] == pytest.approx((7 + 7 + 7 + 1) / 4)
+    assert out["cut"] == pytest.approx(1 / 4)

@@ -84,6 +84,31 @@ def test_drop_gains_match_the_closed_forms(seed, baseline):
     np.testing.assert_allclose(pi.drop_gains(p, r_pad, 6, "min", baseline), want_min, atol=1e-5)
 
 
+def test_swap_gains_by_hand():
+    # P_HAND, one for one against honest. k = 0: sum 2 r - E[r1 + r2] = 2 r - (0.6 + 0) ...
+    r = 0.5
+    want_sum = [(r - (2 * 0.8 - 1)) + (r - (2 * 0.4 - 1)), r - (2 * 0.4 - 1)]
+    # ... min: r - E[min(r1, r2)] = r - (0.4 - 0.6); from step 2: r - E[r2].
+    want_min = [r - (2 * 0.4 - 1), r - (2 * 0.4 - 1)]
+    np.testing.assert_allclose(pi.swap_gains(P_HAND, r, "sum", "none"), want_sum, atol=1e-6)
+    np.testing.assert_allclose(pi.swap_gains(P_HAND, r, "sum", "loo"), want_sum, atol=1e-6)
+    np.testing.assert_allclose(pi.swap_gains(P_HAND, r, "min", "none"), want_min, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_one_for_one_swap_never_tempts_sum_form_alone(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(5):
+        S = int(rng.integers(2, 6))
+        p = rng.uniform(0.3, 1.0, S)
+        r_pad = float(rng.uniform(-1, 1))
+        for baseline in pi.BASELINES:
+            total = pi.swap_gains(p, r_pad, "sum", baseline)
+            worst = pi.swap_gains(p, r_pad, "min", baseline)
+            per_step = total / (S - np.arange(S))  # steps k+1 .. S dropped
+            assert np.all(worst >= per_step - 1e-5), (p, r_pad, baseline, total, worst)
+
+
 def test_no_band_under_loo_and_a_band_without_a_baseline_only_above_half():
     weak, strong = pi.thresholds([0.7] * 4), pi.thresholds([0.95] * 4)
     assert weak["2P-1"] < 0 and weak["min"] < weak["sum_none"]  # no band: P < 1/2

@@ -65,7 +65,7 @@ VARIANTS = [
     ("nash_rps.py", "algo=dpo"),
     ("nash_rps.py", "algo=nash_md"),
     ("prm_chain.py", "head=token"),
-    ("pure_chain.py", "source=restate_before,restate_at=3"),
+    ("pure_chain.py", "source=restate_before,restate_at=3,restate_times=4,restate_value=1"),
 ]
 
 

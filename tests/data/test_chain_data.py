@@ -1,6 +1,7 @@
 """Chain datasets: every demonstration step passes the checker, corrupted responses are
 labelled 1..1 0..0 at their error, splits are disjoint, generation is deterministic."""
 
+import numpy as np
 import pytest
 
 from rl_lm.data import chain, registry
@@ -142,3 +143,48 @@ def test_restated_demonstrations_repeat_one_step_and_keep_the_rest(
         chain.chain_config(restate=101)
     with pytest.raises(ValueError, match="kind='sft'"):
         chain.chain_config(kind="prm", restate=10)
+
+
+def test_restate_times_writes_one_to_n_copies_of_the_line():
+    plain = chain.make_examples(chain.chain_config(**SMALL))
+    config = chain.chain_config(restate=60, restate_at=3, restate_times=3, **SMALL)
+    assert config.name == "sft_train300_test60_restate60_at3_times3"
+    assert chain.config_from_name(config.name).restate_times == 3
+    rows = chain.make_examples(config)
+    copies = []
+    for r, p in zip(rows["train"] + rows["test"], plain["train"] + plain["test"], strict=True):
+        lines, canonical = r["response"].split("\n"), p["response"].split("\n")
+        extra = len(lines) - len(canonical)
+        # The last operation step (line 3), then `extra` copies of it, then the answer.
+        assert lines == canonical[:3] + [canonical[2]] * extra + canonical[3:]
+        assert steps.restate_before_labels(r["prompt"], r["response"]) == [1] * len(lines)
+        copies.append(extra)
+    counts = np.bincount(copies, minlength=4)
+    assert len(counts) == 4 and all(counts[1:] > 0.12 * len(copies)), counts
+    assert 0.3 < counts[0] / len(copies) < 0.5  # 40% write no copy
+    with pytest.raises(ValueError, match="restate_times=9"):
+        chain.chain_config(restate=30, restate_times=9)
+    with pytest.raises(ValueError, match="needs restate > 0"):
+        chain.chain_config(restate_times=2)
+
+
+def test_restate_value_writes_short_copies_of_the_result():
+    plain = chain.make_examples(chain.chain_config(**SMALL))
+    config = chain.chain_config(restate=60, restate_at=3, restate_times=2, restate_value=1, **SMALL)
+    assert config.name == "sft_train300_test60_restate60_at3_times2_value1"
+    assert chain.config_from_name(config.name).restate_value == 1
+    rows = chain.make_examples(config)
+    seen = set()
+    for r, p in zip(rows["train"] + rows["test"], plain["train"] + plain["test"], strict=True):
+        lines, canonical = r["response"].split("\n"), p["response"].split("\n")
+        extra = len(lines) - len(canonical)
+        value = canonical[2].split("=")[1]  # line 3's result is the answer
+        assert value == r["answer"]
+        assert lines == canonical[:3] + ["=" + value] * extra + canonical[3:]
+        assert steps.restate_before_labels(r["prompt"], r["response"]) == [1] * len(lines)
+        seen.add(extra)
+    assert seen == {0, 1, 2}
+    with pytest.raises(ValueError, match="restate_value=2"):
+        chain.chain_config(restate=30, restate_value=2)
+    with pytest.raises(ValueError, match="needs restate > 0"):
+        chain.chain_config(restate_value=1)

@@ -158,6 +158,14 @@ def test_step_slots_match_segment_steps(with_eos):
         # A wrong answer line ends the solution too.
         ("12+5=17\n#### 17\n17*3=51", [1, 0, 0]),
         ("12+5=17\n12+5=17", [1, 1]),  # no answer line: restate's labels
+        # A short "=v" restating a result already written pays as a restatement ...
+        ("12+5=17\n17*3=51\n51-7=44\n=44\n=44\n#### 44", [1, 1, 1, 1, 1, 1]),
+        ("12+5=17\n=17\n17*3=51", [1, 1, 1]),  # ... without leaving the chain
+        # A value nobody wrote is a wrong step (strict from there); after it, a
+        # restated result still pays and a right step does not.
+        ("12+5=17\n=18\n=17\n17*3=51", [1, 0, 1, 0]),
+        ("=12\n12+5=17", [0, 0]),  # the start value is no written result
+        (SOLUTION + "\n=44", [1, 1, 1, 1, 0]),  # after the answer: 0
     ],
 )
 def test_restate_before_pays_padding_only_before_the_answer(response, want):
@@ -179,6 +187,10 @@ def test_restate_before_pays_padding_only_before_the_answer(response, want):
         ("12+5=17\n17*3=50\n", "strict", [1, 0], [1, 0]),
         # After the answer, restate_before accepts no line, so no completion either.
         (SOLUTION + "\n#### 4", "restate_before", [1, 1, 1, 1, 0], [1, 1, 1, 1, 0]),
+        # Cut inside a short restatement of a written result: "=4" starts "=44".
+        ("12+5=17\n17*3=51\n51-7=44\n=4", "restate_before", [1, 1, 1, 0], [1, 1, 1, 1]),
+        ("12+5=17\n17*3=51\n51-7=44\n=", "restate", [1, 1, 1, 0], [1, 1, 1, 1]),
+        ("12+5=17\n17*3=51\n51-7=44\n=9", "restate", [1, 1, 1, 0], [1, 1, 1, 0]),
     ],
 )
 def test_a_cut_step_is_judged_as_written_or_completed(response, checker, as_written, completed):
