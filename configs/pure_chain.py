@@ -22,7 +22,8 @@ outcome_weight=0|0.1 (PRM only vs PRM plus 10% verifiable reward),
 source=restate|restate_before|strict|local|lenient, restate=50 (percentage of
 demonstrations that restate a line), restate_at=0 (which line: 0 any, k line k),
 restate_times=1 (a restatement writes 1 .. n copies), restate_value=0 (1: copies
-are the short "=v", the line's result), sft_steps=..., runlocal.
+are the short "=v", the line's result), short_padding (the preset below),
+sft_steps=..., runlocal.
 
     python -m launch.train --config=configs/pure_chain.py:form=sum --workdir=runs/pure_sum
 
@@ -50,6 +51,18 @@ budget-cut steps judged by their prefix:
         --config=configs/pure_chain.py:form=sum,source=restate_before,restate_at=3 \
         --workdir=runs/strong_sum --config.grpo.process.cut_step=completed
 
+Padding shorter than the answer line, so that it can push the answer out of
+the budget (README, "Short padding that pushes the answer out"): short_padding
+sets source=restate_before, demonstrations that restate the last operation's
+result as "=v" 1 to 4 times (restate=75,restate_at=3,restate_times=4,
+restate_value=1) and a 48-token budget (add --config.grpo.process.cut_step=completed
+for a PRM that also pays a line the budget cut):
+
+    python -m launch.train --config=configs/pure_chain.py:form=sum,short_padding \
+        --workdir=runs/short_sum
+    python -m launch.train --config=configs/pure_chain.py:form=min,short_padding \
+        --workdir=runs/short_min --config.init.workdir=runs/short_sum/warm_start
+
 Held-out and training accuracy read the "#### n" line only (eval.answer="marked").
 """
 
@@ -60,8 +73,27 @@ from configs import base, sft_arith
 from rl_lm.algos import grpo_loss
 from rl_lm.data import chain
 
+# short_padding: the setup where padding pushes the answer out of the budget
+# (README, "Short padding that pushes the answer out").
+SHORT_PADDING = dict(
+    source="restate_before", restate=75, restate_at=3, restate_times=4, restate_value=1
+)
+SHORT_PADDING_BUDGET = 48  # a solution (<= 31 bytes) with 4 copies of "=v\n" (<= 16) + EOS
+
+
+def _apply_preset(arg: ml_collections.ConfigDict, given: set[str], preset: dict) -> None:
+    """Sets the preset's values; one the user gave differently is an error."""
+    for key, value in preset.items():
+        if key in given and arg[key] != value:
+            raise ValueError(
+                f"pure_chain: short_padding sets {key}={value!r}, but the argument gives "
+                f"{key}={arg[key]!r}; drop one of them."
+            )
+        arg[key] = value
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    given = {item.partition("=")[0].strip() for item in (arg or "").split(",") if item.strip()}
     arg = base.parse_arg(
         arg,
         runlocal=False,
@@ -73,7 +105,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         restate_at=0,
         restate_times=1,
         restate_value=0,
+        short_padding=False,
     )
+    if arg.short_padding:
+        _apply_preset(arg, given, SHORT_PADDING)
+    budget = SHORT_PADDING_BUDGET if arg.short_padding else 40
     outcome_weight = float(arg.outcome_weight or 0.0)
     shape = dict(dim=64, num_layers=2, mlp_dim=256, max_seq_len=96)
     restated = dict(
@@ -100,7 +136,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         grpo=grpo_loss.default_config(),
         eval=ml_collections.ConfigDict(
             # A chain's answer is its "#### n" line: one cut off by the budget is no answer.
-            dict(num_examples=256, batch_size=256, max_new_tokens=40, seed=0, answer="marked")
+            dict(num_examples=256, batch_size=256, max_new_tokens=budget, seed=0, answer="marked")
         ),
         init=base.init(),
     )
@@ -108,7 +144,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 40-token budget fits one restatement and EOS; a second one risks the cut-off.
     config.grpo.update(
         num_generations=8,
-        max_new_tokens=40,
+        max_new_tokens=budget,
         beta=0.01,
         temperature=1.0,
         advantage="rloo",

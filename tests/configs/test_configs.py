@@ -65,7 +65,7 @@ VARIANTS = [
     ("nash_rps.py", "algo=dpo"),
     ("nash_rps.py", "algo=nash_md"),
     ("prm_chain.py", "head=token"),
-    ("pure_chain.py", "source=restate_before,restate_at=3,restate_times=4,restate_value=1"),
+    ("pure_chain.py", "short_padding"),
 ]
 
 
@@ -127,3 +127,19 @@ def test_model_section_keeps_preset_shapes():
     assert base.model("qwen3-0.6b").head_dim == 128
     with pytest.raises(ValueError, match="unknown model preset 'cpuu'"):
         base.model("cpuu")
+
+
+def test_pure_chain_short_padding_preset():
+    from configs import pure_chain
+
+    config = pure_chain.get_config("form=min,short_padding")
+    assert config.data.name == "chain/sft_restate75_at3_times4_value1"
+    assert config.grpo.max_new_tokens == config.eval.max_new_tokens == 48
+    assert config.grpo.process.source == "restate_before"
+    assert config.grpo.process.cut_step == "as_written"
+    assert config.warm_start.data.name == config.data.name
+    # A value the preset also sets: the same one is fine, another one is named.
+    assert pure_chain.get_config("short_padding,restate_value=1").data.name == config.data.name
+    with pytest.raises(ValueError, match="short_padding sets restate=75.*gives restate=50"):
+        pure_chain.get_config("short_padding,restate=50")
+    assert pure_chain.get_config("").grpo.max_new_tokens == 40  # the default is unchanged
