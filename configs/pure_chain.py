@@ -111,7 +111,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         _apply_preset(arg, given, SHORT_PADDING)
     budget = SHORT_PADDING_BUDGET if arg.short_padding else 40
     outcome_weight = float(arg.outcome_weight or 0.0)
-    shape = dict(dim=64, num_layers=2, mlp_dim=256, max_seq_len=96)
+    copy_len = 4 if arg.restate_value else 8  # "=v\n" or a whole "a<op>b=c\n" line
+    sft_len = max(64, 48 + copy_len * arg.restate_times)
+    shape = dict(dim=64, num_layers=2, mlp_dim=256, max_seq_len=max(96, sft_len))
     restated = dict(
         restate=arg.restate,
         restate_at=arg.restate_at,
@@ -119,8 +121,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         restate_value=arg.restate_value,
     )
     data_name = chain.dataset_name(**restated)
-    copy_len = 4 if arg.restate_value else 8  # "=v\n" or a whole "a<op>b=c\n" line
-    sft_len = max(64, 48 + copy_len * arg.restate_times)
     config = base.experiment(
         "grpo",
         model=base.model("cpu", **shape),
@@ -140,8 +140,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ),
         init=base.init(),
     )
-    # A canonical solution is <= 31 bytes, one with a restated step <= 39: a
-    # 40-token budget fits one restatement and EOS; a second one risks the cut-off.
+    # A canonical solution is <= 31 bytes, one with a restated step <= 39: the
+    # default 40-token budget fits one restatement and EOS; a second one risks
+    # the cut-off (short_padding: 48 tokens fit four "=v" copies).
     config.grpo.update(
         num_generations=8,
         max_new_tokens=budget,

@@ -82,7 +82,7 @@ def table(runs: dict[str, str], tail: int) -> str:
         cells = []
         for key in ("eval/accuracy", "eval/cut"):  # runs before eval/cut existed show "-"
             ev = curves.get(key)
-            cells.append(f"{ev.values[0]:.1%} -> {ev.values[-1]:.1%}" if ev else "-")
+            cells.append("-" if ev is None else f"{ev.values[0]:.1%} -> {ev.values[-1]:.1%}")
         for key in ("train_accuracy", "steps_per_response", "process_return"):
             c = curves[key]
             first, last = c.values[c.steps <= tail], c.values[c.steps > c.steps[-1] - tail]

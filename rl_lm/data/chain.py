@@ -139,16 +139,15 @@ def _validate(fields: dict) -> dict:
             f"chain restate_at={f['restate_at']} must be 0 (any line) or a line 1 .. "
             f"{f['num_ops'] + 1}, and needs restate > 0."
         )
-    if not 1 <= f["restate_times"] <= _MAX_TIMES or (f["restate_times"] > 1 and not f["restate"]):
-        raise ValueError(
-            f"chain restate_times={f['restate_times']} must lie in 1 .. {_MAX_TIMES}, and "
-            "needs restate > 0 when above 1."
-        )
-    if f["restate_value"] not in (0, 1) or (f["restate_value"] and not f["restate"]):
-        raise ValueError(
-            f"chain restate_value={f['restate_value']} must be 0 or 1, and needs restate > 0 "
-            "when 1."
-        )
+    if not 1 <= f["restate_times"] <= _MAX_TIMES:
+        raise ValueError(f"chain restate_times={f['restate_times']} must lie in 1 .. {_MAX_TIMES}.")
+    if f["restate_value"] not in (0, 1):
+        raise ValueError(f"chain restate_value={f['restate_value']} must be 0 or 1.")
+    for key, off in (("restate_times", 1), ("restate_value", 0)):
+        if f[key] != off and not f["restate"]:
+            raise ValueError(
+                f"chain {key}={f[key]} needs restate > 0 (demonstrations that restate)."
+            )
     if f["num_ops"] < 1 or f["train_size"] < 1 or f["test_size"] < 1 or f["seed"] < 0:
         raise ValueError(f"chain num_ops, train_size, test_size must be >= 1 and seed >= 0: {f}.")
     return f

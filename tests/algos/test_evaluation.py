@@ -27,19 +27,11 @@ def test_unknown_answer_format_fails_before_the_sampler_is_built():
         )
 
 
-def test_reports_length_and_the_budget_cut_fraction_of_greedy_responses(monkeypatch):
+def _evaluate(monkeypatch, rows, num_examples, batch_size, budget=7):
+    """Greedy eval with a sampler that returns `rows` (token lists) for every batch."""
     tokenizer = ByteTokenizer()
-    eos = tokenizer.eos_ids[0]
-    # Four greedy responses in a 7-token budget: right and ended, wrong and
-    # ended, right but cut by the budget (no EOS), and an immediate EOS.
-    rows = [
-        tokenizer.encode("#### 7") + [eos],
-        tokenizer.encode("#### 8") + [eos],
-        tokenizer.encode("#### 7\n"),
-        [eos],
-    ]
-    tokens = np.full((4, 7), tokenizer.pad_id, np.int32)
-    mask = np.zeros((4, 7), np.int32)
+    tokens = np.full((len(rows), budget), tokenizer.pad_id, np.int32)
+    mask = np.zeros((len(rows), budget), np.int32)
     for i, ids in enumerate(rows):
         tokens[i, : len(ids)], mask[i, : len(ids)] = ids, 1
 
@@ -50,20 +42,45 @@ def test_reports_length_and_the_budget_cut_fraction_of_greedy_responses(monkeypa
         return sample
 
     monkeypatch.setattr(evaluation, "make_sampler", fake_make_sampler)
-    source = [{"prompt": f"q{i}", "answer": "7"} for i in range(4)]
+    source = [{"prompt": f"q{i}", "answer": "7"} for i in range(num_examples)]
     mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     evaluate = evaluation.make_exact_match_eval(
         mesh,
         None,
         tokenizer,
         source,
-        num_examples=4,
-        batch_size=4,
+        num_examples=num_examples,
+        batch_size=batch_size,
         max_prompt_len=4,
-        max_new_tokens=7,
+        max_new_tokens=budget,
         answer="marked",
     )
-    out = evaluate(None)
+    return evaluate(None)
+
+
+def test_reports_length_and_the_budget_cut_fraction_of_greedy_responses(monkeypatch):
+    tok = ByteTokenizer()
+    eos = tok.eos_ids[0]
+    # Four greedy responses in a 7-token budget: right and ended, wrong and
+    # ended, right but cut by the budget (no EOS), and an immediate EOS.
+    rows = [
+        tok.encode("#### 7") + [eos],
+        tok.encode("#### 8") + [eos],
+        tok.encode("#### 7\n"),
+        [eos],
+    ]
+    out = _evaluate(monkeypatch, rows, num_examples=4, batch_size=4)
     assert out["accuracy"] == pytest.approx(2 / 4)
     assert out["response_len"] == pytest.approx((7 + 7 + 7 + 1) / 4)
     assert out["cut"] == pytest.approx(1 / 4)
+
+
+def test_rows_past_num_examples_are_not_counted(monkeypatch):
+    tok = ByteTokenizer()
+    # Two batches of 2 for 3 examples: the second batch's cut, wrong row is not one of them.
+    rows = [tok.encode("#### 7") + [tok.eos_ids[0]], tok.encode("#### 8\n")]
+    out = _evaluate(monkeypatch, rows, num_examples=3, batch_size=2)
+    assert out["num_examples"] == 3
+    assert out["accuracy"] == pytest.approx(2 / 3)
+    assert out["cut"] == pytest.approx(1 / 3)
+    assert out["response_len"] == pytest.approx(7.0)

@@ -85,7 +85,7 @@ def test_drop_gains_match_the_closed_forms(seed, baseline):
 
 
 def test_swap_gains_by_hand():
-    # P_HAND, one for one against honest. k = 0: sum 2 r - E[r1 + r2] = 2 r - (0.6 + 0) ...
+    # P_HAND, one for one against honest. k = 0: sum 2 r - E[r1 + r2] = 2 r - (0.6 - 0.2) ...
     r = 0.5
     want_sum = [(r - (2 * 0.8 - 1)) + (r - (2 * 0.4 - 1)), r - (2 * 0.4 - 1)]
     # ... min: r - E[min(r1, r2)] = r - (0.4 - 0.6); from step 2: r - E[r2].

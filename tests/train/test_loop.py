@@ -60,7 +60,14 @@ def test_eval_at_start_logs_step_zero_once(data_dir, tmp_path, capsys):
     loop.train(config, tmp_path)
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [0, 2]
-    assert set(rows[0]) == {"step", "wall_time", "eval/accuracy", "eval/num_examples"}
+    assert set(rows[0]) == {
+        "step",
+        "wall_time",
+        "eval/accuracy",
+        "eval/num_examples",
+        "eval/response_len",
+        "eval/cut",
+    }
     # A from-scratch model gets nothing right; the final line shows both figures.
     assert rows[0]["eval/accuracy"] == 0.0
     if rows[1]["eval/accuracy"] != 0.0:
