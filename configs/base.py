@@ -30,6 +30,16 @@ RULES = (
 )
 
 
+def _arg_items(arg: str | None) -> list[tuple[str, str, str]]:
+    """(key, "=" or "" when it has no value, raw value) of each item of a config argument."""
+    return [s.strip().partition("=") for s in (arg or "").split(",") if s.strip()]
+
+
+def given_args(arg: str | None) -> set[str]:
+    """The keys a config argument sets explicitly (to tell them from defaults)."""
+    return {key for key, _, _ in _arg_items(arg)}
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     """Parses a config argument like "runlocal,steps=100" against `defaults`.
 
@@ -40,8 +50,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       ValueError: for an unknown option or a value of the wrong type.
     """
     out = ml_collections.ConfigDict(defaults)
-    for item in filter(None, (s.strip() for s in (arg or "").split(","))):
-        key, has_value, raw = item.partition("=")
+    for key, has_value, raw in _arg_items(arg):
         if key not in defaults:
             raise ValueError(
                 f"unknown config argument {key!r} in {arg!r}; known: {', '.join(defaults)}."

@@ -93,7 +93,7 @@ def _apply_preset(arg: ml_collections.ConfigDict, given: set[str], preset: dict)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    given = {item.partition("=")[0].strip() for item in (arg or "").split(",") if item.strip()}
+    given = base.given_args(arg)
     arg = base.parse_arg(
         arg,
         runlocal=False,

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
@@ -16,7 +15,7 @@ from rl_lm import parallel
 from rl_lm.data import prompt_batches
 from rl_lm.models.config import ModelConfig
 from rl_lm.rewards import verifiable
-from rl_lm.sampling.sampler import make_sampler
+from rl_lm.sampling.sampler import cut_by_budget, make_sampler
 
 
 def make_exact_match_eval(
@@ -80,7 +79,6 @@ def make_exact_match_eval(
         pad_id=tokenizer.pad_id,
     )
     rng = jax.random.PRNGKey(0)  # Unused by greedy decoding.
-    eos_ids = np.asarray(tuple(tokenizer.eos_ids))
 
     def evaluate(params) -> dict[str, float]:
         correct, seen, shown, length, cut = 0.0, 0, [], 0.0, 0.0
@@ -92,9 +90,8 @@ def make_exact_match_eval(
             tokens, mask = parallel.to_host(out.tokens), parallel.to_host(out.mask)
             texts = tokenizer.decode_batch(tokens, mask)
             take = min(batch_size, num_examples - seen)
-            ended = (np.isin(tokens, eos_ids) & (mask > 0)).any(axis=1)[:take]
             length += float(mask[:take].sum())
-            cut += float((~ended).sum())
+            cut += float(cut_by_budget(tokens, mask, tokenizer.eos_ids)[:take].sum())
             answers = list(batch["answer"][:take])
             correct += float(verifiable.exact_match(texts[:take], answers, answer).sum())
             seen += take

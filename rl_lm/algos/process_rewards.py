@@ -53,6 +53,7 @@ from rl_lm.algos.prm_runs import load_prm
 from rl_lm.core import credit
 from rl_lm.core import steps as core_steps
 from rl_lm.rewards import steps as step_checkers
+from rl_lm.sampling.sampler import cut_by_budget
 
 SOURCES = ("none", *step_checkers.CHECKERS, "prm", "prime")
 BASELINES = ("group_norm", "loo", "none")
@@ -352,10 +353,8 @@ def score_on_host(
         return
     cut_N = None
     if process["cut_step"] == "completed":
-        # Cut by the budget: the mask runs to the last token and holds no EOS.
-        eos = process["step_args"]["eos_id"]
-        full_N = host["mask"][:, -1] > 0
-        cut_N = full_N & ~np.any((host["response"] == eos) & (host["mask"] > 0), axis=1)
+        eos_ids = (process["step_args"]["eos_id"],)
+        cut_N = cut_by_budget(host["response"], host["mask"], eos_ids)
     host["step_scores"], host["step_mask"] = step_checkers.step_scores(
         list(np.repeat(np.asarray(prompt_texts, dtype=object), group_size)),
         texts,

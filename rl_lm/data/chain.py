@@ -292,9 +292,7 @@ def make_examples(config: ChainConfig) -> dict[str, list[dict[str, str]]]:
                 times = 1
                 if f["restate_times"] > 1:
                     times = int(restate_rng.integers(1, f["restate_times"] + 1))
-                copy = lines[k]
-                if f["restate_value"]:
-                    copy = "=" + re.split("[= ]", copy)[-1]  # "a<op>b=c" -> "=c", "#### n" -> "=n"
+                copy = steps.restated_result(lines[k]) if f["restate_value"] else lines[k]
                 lines[k + 1 : k + 1] = [copy] * times
             row = {
                 "prompt": prompt,

@@ -162,14 +162,15 @@ def local_labels(prompt: str, response: str) -> list[int]:
     return labels
 
 
+def restated_result(line: str) -> str | None:
+    """The "=v" line restating the result v of a step or answer line; None for other lines."""
+    m = _STEP.fullmatch(line) or _ANSWER.fullmatch(line)
+    return None if m is None else f"={m[m.re.groups]}"
+
+
 def restated_results(lines: Sequence[str]) -> set[str]:
     """The "=v" lines that restate a result v written on one of `lines`."""
-    results = set()
-    for line in lines:
-        m = _STEP.fullmatch(line) or _ANSWER.fullmatch(line)
-        if m is not None:
-            results.add(f"={m[m.re.groups]}")
-    return results
+    return {r for r in map(restated_result, lines) if r is not None}
 
 
 def restate_labels(prompt: str, response: str) -> list[int]:

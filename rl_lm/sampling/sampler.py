@@ -46,6 +46,14 @@ class SampleOutput(NamedTuple):
     prompt_mask: jax.Array
 
 
+def cut_by_budget(tokens_NxR, mask_NxR, eos_ids: Sequence[int]) -> np.ndarray:
+    """[N] bool, on the host: rows the budget cut, their mask running to the last
+    column with no EOS in it (a `SampleOutput`'s tokens and mask)."""
+    tokens_NxR, mask_NxR = np.asarray(tokens_NxR), np.asarray(mask_NxR)
+    ended_N = np.any(np.isin(tokens_NxR, np.asarray(eos_ids)) & (mask_NxR > 0), axis=1)
+    return (mask_NxR[:, -1] > 0) & ~ended_N
+
+
 def filter_logits(logits_NxV: jax.Array, *, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
     """Sets logits outside the top-k / top-p support to -inf.
 
