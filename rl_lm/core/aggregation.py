@@ -19,7 +19,11 @@ gives exactly the full-batch gradient. Dividing each microbatch by its own
 token count instead is the classic accumulation bug.
 
 N counts the rows whose mask is not empty, so all-padding rows (added to
-fill a batch or make it divisible by the device count) change nothing.
+fill a batch or make it divisible by the device count) change nothing,
+wherever they land. That is why the denominator is the raw count, 0 for an
+empty mask: a microbatch or shard of padding rows only must add 0, not 1, to
+the global denominator. Only the final division guards a zero (`aggregate`
+here, `common.ratio` in the step), where the numerator is 0 too.
 """
 
 import jax.numpy as jnp
@@ -67,7 +71,9 @@ def aggregation_denominator(mode, m_NxT, t_max=None):
     """The denominator of `mode` over the whole optimizer batch.
 
     Call it on the full batch's mask before splitting into microbatches or
-    shards. An all-empty mask gives 1 (the loss is then 0, not NaN).
+    shards, or sum it over them: it is a raw count, so an all-empty mask gives
+    0 and denominators of disjoint row sets add up. Divide with a guard for 0
+    (`aggregate`, `common.ratio`).
 
     Args:
         mode: one of `AGGREGATION_MODES`.
@@ -81,7 +87,7 @@ def aggregation_denominator(mode, m_NxT, t_max=None):
     _check(mode, m_NxT=m_NxT)
     m_NxT = jnp.asarray(m_NxT, jnp.float32)
     if mode == "token-mean":
-        return safe_denominator(jnp.sum(m_NxT))
+        return jnp.sum(m_NxT)
     n_rows = jnp.sum(jnp.sum(m_NxT, axis=1) > 0).astype(jnp.float32)
     if mode == "seq-mean-token-sum-norm":
         if t_max is None or t_max <= 0:
@@ -89,8 +95,8 @@ def aggregation_denominator(mode, m_NxT, t_max=None):
                 "seq-mean-token-sum-norm (Dr.GRPO) divides by N * T_max: pass t_max, the "
                 f"maximum number of generated tokens, got {t_max}."
             )
-        return safe_denominator(n_rows * t_max)
-    return safe_denominator(n_rows)
+        return n_rows * t_max
+    return n_rows
 
 
 def aggregate(l_NxT, m_NxT, mode, denominator=None, t_max=None):
@@ -108,8 +114,8 @@ def aggregate(l_NxT, m_NxT, mode, denominator=None, t_max=None):
 
     Returns:
         Scalar loss; the values (and gradients) over microbatches add up to
-        the full-batch value.
+        the full-batch value. 0 (not NaN) when the denominator is 0.
     """
     if denominator is None:
         denominator = aggregation_denominator(mode, m_NxT, t_max)
-    return aggregation_numerator(l_NxT, m_NxT, mode) / denominator
+    return aggregation_numerator(l_NxT, m_NxT, mode) / safe_denominator(denominator)
