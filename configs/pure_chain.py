@@ -23,7 +23,19 @@ source=restate|restate_before|strict|local|lenient, restate=50 (percentage of
 demonstrations that restate a line), restate_at=0 (which line: 0 any, k line k),
 restate_times=1 (a restatement writes 1 .. n copies), restate_value=0 (1: copies
 are the short "=v", the line's result), short_padding (the preset below),
-sft_steps=..., runlocal.
+composition=loo|pure_step|pure_token (below), sft_steps=..., runlocal.
+
+How credit and baseline compose (rl_lm/algos/process_rewards.py):
+composition=loo (the default, the one every earlier run used) subtracts the
+leave-one-out mean of the raw step rewards before the credit form.
+composition=pure_token or pure_step is PURE's released code: the credit form
+first, then a leave-one-out baseline of the credited rewards charged once per
+remaining token (its training script's choice) or step, and advantage 0 on
+every step's last token. PURE's own min-form is form=soft_min (T = 0.1):
+
+    python -m launch.train \
+        --config=configs/pure_chain.py:form=soft_min,short_padding,composition=pure_token \
+        --workdir=runs/short_pure_soft_min --config.init.workdir=runs/short_sum/warm_start
 
     python -m launch.train --config=configs/pure_chain.py:form=sum --workdir=runs/pure_sum
 
@@ -78,6 +90,9 @@ from rl_lm.data import chain
 SHORT_PADDING = dict(
     source="restate_before", restate=75, restate_at=3, restate_times=4, restate_value=1
 )
+# composition: the group baseline of the step credit (rl_lm's "loo" before the
+# credit form, or PURE's after it, with its zeroed step-end advantages).
+COMPOSITIONS = ("loo", "pure_step", "pure_token")
 SHORT_PADDING_BUDGET = 48  # a solution (<= 31 bytes) with 4 copies of "=v\n" (<= 16) + EOS
 
 
@@ -106,7 +121,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         restate_times=1,
         restate_value=0,
         short_padding=False,
+        composition="loo",
     )
+    if arg.composition not in COMPOSITIONS:
+        raise ValueError(
+            f"pure_chain: composition={arg.composition!r} is not one of {COMPOSITIONS}."
+        )
     if arg.short_padding:
         _apply_preset(arg, given, SHORT_PADDING)
     budget = SHORT_PADDING_BUDGET if arg.short_padding else 40
@@ -155,7 +175,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.grpo.process.update(
         source=arg.source,
         form=arg.form,
-        baseline="loo",  # PURE: leave-one-out
+        baseline=arg.composition,
+        zero_step_ends=arg.composition != "loo",
         outcome_weight=outcome_weight,
         max_steps=12,
     )

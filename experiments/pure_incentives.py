@@ -12,10 +12,12 @@ and stops ("honest"). Named ones: "honest + pad" (k = S), "pad only" (k = 0).
 
 For each one, the expected return is computed under the credit form
 (`rl_lm.core.credit.step_returns`), with the group baseline applied first.
-"loo" is PURE's step baseline: every step loses b, the mean step reward of the
-honest peers (`credit.subtract_loo_mean` in expectation). "none" subtracts
-nothing. Peers are honest, so the question is whether the first padding a
-policy samples is reinforced. GRPO credits each token of step s with G_s, the
+"loo" is rl_lm's baseline="loo" (not PURE's own composition, which baselines
+the credited rewards once per remaining step: `rl_lm.core.step_baselines`):
+every raw step reward loses b, the mean step reward of the honest peers
+(`credit.subtract_loo_mean` in expectation). "none" subtracts nothing. Peers
+are honest, so the question is whether the first padding a policy samples is
+reinforced. GRPO credits each token of step s with G_s, the
 return from step s on, so two policies that first differ at step s are
 compared by E[G_s].
 
@@ -74,7 +76,7 @@ def strict_outcomes(p_S) -> tuple[np.ndarray, np.ndarray]:
 
 
 def honest_baseline(p_S) -> float:
-    """b, the expected mean step reward of an honest peer (PURE's loo baseline)."""
+    """b, the expected mean step reward of an honest peer (the "loo" baseline)."""
     prob_O, r_OxS = strict_outcomes(p_S)
     return float(prob_O @ r_OxS.mean(axis=1))
 

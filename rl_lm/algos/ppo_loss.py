@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rl_lm.algos import process_rewards, rm_rewards
+from rl_lm.algos import process_advantages, process_rewards, rm_rewards
 from rl_lm.core import aggregation, credit, gae, kl, losses, masks
 from rl_lm.core import steps as core_steps
 from rl_lm.models.config import ModelConfig
@@ -168,7 +168,7 @@ def process_problems(proc: Any, gamma: float) -> list[str]:
             problems.append(f"ppo.process.{name}={proc[name]} must be >= 0")
     # Only r' = r (sum-form, no step discount, no Delta) stays meaningful under a token
     # discount; differences of returns telescope to G_s only when summed undiscounted.
-    if gamma != 1 and (proc.form != "sum" or proc.gamma != 1 or proc.transform == "delta"):
+    if gamma != 1 and (proc.form != "sum" or proc.gamma != 1 or proc.transform.startswith("delta")):
         problems.append(
             f"ppo.gamma={gamma} discounts per token, which breaks the return identity of "
             f"ppo.process.form={proc.form!r} (gamma={proc.gamma}, transform={proc.transform!r}); "
@@ -213,7 +213,7 @@ def process_token_rewards(
     r_NxT, G_NxS = credit.step_end_rewards(
         2.0 * p_NxS - 1.0, seg, form, transform, gamma, temperature, eta
     )
-    return r_NxT, process_rewards.row_stats(seg, p_NxS, G_NxS[:, 0])
+    return r_NxT, process_advantages.row_stats(seg, p_NxS, G_NxS[:, 0])
 
 
 def response_hidden(params: Params, model_cfg: ModelConfig, batch: dict[str, jax.Array]):

@@ -19,14 +19,24 @@ per-step scores p_s in [0, 1]:
    gamma, per token).
 2. Step reward r_s = 2 p_s - 1 in [-1, 1]: PURE's p(+) - p(-) for a binary
    PRM, so a step judged wrong costs as much as a right one earns.
-3. Transform ("none", "clip", "delta"), then a baseline within each prompt's
-   group: "group_norm" (DeepSeekMath's GRPO process supervision: all step
-   rewards of the group normalized by their mean and std), "loo" (PURE: each
-   row's steps lose the mean step reward of the other rows), or "none".
-   Both baselines are per-group affine maps of r, so under the strict min-form
-   they commute with the min: the return is the min of the normalized rewards.
+3. Transform ("none", "clip", "delta" = Gao et al.'s with the last step
+   dropped, "delta_keep_last"), then a baseline within each prompt's group.
+   Two compositions exist, and they differ:
+   - before the credit form (rl_lm's): "group_norm" (DeepSeekMath's GRPO
+     process supervision: all step rewards of the group normalized by their
+     mean and std), "loo" (each row's raw step rewards lose the mean step
+     reward of the other rows, then the credit form runs), or "none". Both
+     are per-group affine maps of r, so under the strict min-form they
+     commute with the min: the return is the min of the normalized rewards.
+   - after the credit form (PURE's released code, `core.step_baselines`):
+     "pure_step" and "pure_token", a leave-one-out baseline of the credited
+     rewards subtracted once per remaining step or token. With
+     `zero_step_ends=True` every step's last token gets advantage 0, as in
+     PURE. PURE's composition is form="soft_min" (or "sum"),
+     baseline="pure_token" (its script's) or "pure_step", zero_step_ends=True.
 4. Credit form over steps ("sum", "min", "soft_min"): returns G_s, and every
-   token of step s gets A_t = G_s (`core.steps.steps_to_tokens`).
+   token of step s gets A_t = G_s (`core.steps.steps_to_tokens`); the PURE
+   baselines apply to G here.
 5. Outcome: A_t += outcome_weight * the GRPO sequence advantage of the
    verifiable reward (estimator `grpo.advantage`; PURE used leave-one-out,
    `grpo.advantage="rloo"`), on every response token, i.e. added at EOS with
@@ -50,13 +60,12 @@ from ml_collections import config_dict
 
 from rl_lm import parallel
 from rl_lm.algos.prm_runs import load_prm
+from rl_lm.algos.process_advantages import BASELINES, token_advantages
 from rl_lm.core import credit
-from rl_lm.core import steps as core_steps
 from rl_lm.rewards import steps as step_checkers
 from rl_lm.sampling.sampler import cut_by_budget
 
 SOURCES = ("none", *step_checkers.CHECKERS, "prm", "prime")
-BASELINES = ("group_norm", "loo", "none")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -69,7 +78,8 @@ def default_config() -> ml_collections.ConfigDict:
             "gamma": 1.0,  # sum-form discount per step
             "temperature": 0.1,  # soft_min temperature (PURE: 0.1)
             "eta": 0.0,  # Clip threshold
-            "baseline": "group_norm",  # group_norm | loo | none
+            "baseline": "group_norm",  # group_norm | loo | pure_step | pure_token | none
+            "zero_step_ends": False,  # PURE: advantage 0 on each step's last token
             "process_weight": 1.0,
             "outcome_weight": 0.0,  # weight of the verifiable reward's advantage
             "max_steps": 8,  # step slots S; extra steps merge into the last
@@ -109,6 +119,8 @@ def validate(cfg: Any, grpo_cfg: Any = None, section: str = "grpo.process") -> l
         problems.append(f"{section}.baseline={cfg.baseline!r} not in {BASELINES}")
     if cfg.temperature <= 0:
         problems.append(f"{section}.temperature={cfg.temperature} must be > 0")
+    if not isinstance(cfg.get("zero_step_ends", False), bool):
+        problems.append(f"{section}.zero_step_ends={cfg.zero_step_ends!r} must be True or False")
     if not isinstance(cfg.max_steps, int) or cfg.max_steps < 1:
         problems.append(f"{section}.max_steps={cfg.max_steps!r} must be an int >= 1")
     if cfg.cut_step not in step_checkers.CUT_STEPS:
@@ -204,78 +216,6 @@ def read_into_slots(scores_NxS: np.ndarray, host_mask_NxS: np.ndarray, num_steps
     )
 
 
-def token_advantages(
-    scores_NxS: jax.Array,
-    tokens_NxT: jax.Array,
-    m_NxT: jax.Array,
-    outcome_adv_N: jax.Array,
-    *,
-    group_size: int,
-    form: str,
-    transform: str = "none",
-    gamma: float = 1.0,
-    temperature: float = 0.1,
-    eta: float = 0.0,
-    baseline: str = "group_norm",
-    process_weight: float = 1.0,
-    outcome_weight: float = 0.0,
-    delimiter_ids: tuple[int, ...] = (10,),
-    max_steps: int = 8,
-    eos_id: int | None = None,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Token advantages from step scores; jit with everything after `*` static.
-
-    Args:
-        scores_NxS: step scores p in [0, 1] in `segment_steps`' slots (absent
-            steps are never read).
-        tokens_NxT: sampled response tokens.
-        m_NxT: response mask (through EOS).
-        outcome_adv_N: sequence advantages of the verifiable reward.
-        group_size: G completions per prompt (rows prompt-major).
-        form, transform, gamma, temperature, eta: see `credit.step_returns`.
-        baseline: "group_norm", "loo" or "none" (module docstring).
-        process_weight, outcome_weight: weights of the two advantages.
-        delimiter_ids, max_steps, eos_id: as in `segment_steps`.
-
-    Returns:
-        (adv_NxT, 0 off the mask; per-row stats: num_steps_N, overflow_N,
-        return_N = the first step's return of 2p - 1 under `form` and
-        `transform` before any baseline, score_sum_N and score_min_N of p).
-    """
-    st = core_steps.segment_steps(tokens_NxT, m_NxT, delimiter_ids, max_steps, eos_id)
-    mask_NxS = st.step_mask_NxS
-    r_NxS = jnp.where(mask_NxS, 2.0 * scores_NxS.astype(jnp.float32) - 1.0, 0.0)
-    r_NxS = credit.STEP_TRANSFORMS[transform](r_NxS, mask_NxS, eta)
-    raw_G_NxS = credit.CREDIT_FORMS[form](r_NxS, mask_NxS, gamma, temperature)
-    if baseline == "group_norm":
-        r_NxS = credit.group_normalize_steps(r_NxS, mask_NxS, group_size)
-    elif baseline == "loo":
-        r_NxS = credit.subtract_loo_mean(r_NxS, mask_NxS, group_size)
-    elif baseline != "none":
-        raise ValueError(f"unknown process baseline {baseline!r}; choose one of {BASELINES}.")
-    G_NxS = credit.CREDIT_FORMS[form](r_NxS, mask_NxS, gamma, temperature)
-    process_NxT = core_steps.steps_to_tokens(G_NxS, st.token_step_NxT)
-    adv_NxT = credit.combine_with_outcome(
-        process_NxT, outcome_adv_N, m_NxT, process_weight, outcome_weight
-    )
-    return adv_NxT, row_stats(st, scores_NxS, raw_G_NxS[:, 0])
-
-
-def row_stats(st: Any, scores_NxS: jax.Array, return_N: jax.Array) -> dict[str, jax.Array]:
-    """Per-row step statistics for `metrics`: num_steps_N, overflow_N, return_N,
-    score_sum_N and score_min_N of p over the existing steps of `st`
-    (`segment_steps`' result); jittable."""
-    mask_NxS = st.step_mask_NxS
-    p_NxS = scores_NxS.astype(jnp.float32)
-    return {
-        "num_steps_N": st.num_steps_N,
-        "overflow_N": st.overflow_N,
-        "return_N": return_N,
-        "score_sum_N": jnp.sum(jnp.where(mask_NxS, p_NxS, 0), axis=1),
-        "score_min_N": jnp.min(jnp.where(mask_NxS, p_NxS, jnp.inf), axis=1),
-    }
-
-
 def advantage_kwargs(cfg: Any, group_size: int, step_arguments: dict[str, Any]) -> dict[str, Any]:
     """`token_advantages`' static keyword arguments from a `grpo.process` section."""
     return dict(
@@ -286,6 +226,7 @@ def advantage_kwargs(cfg: Any, group_size: int, step_arguments: dict[str, Any]) 
         temperature=cfg.temperature,
         eta=cfg.eta,
         baseline=cfg.baseline,
+        zero_step_ends=cfg.get("zero_step_ends", False),
         process_weight=cfg.process_weight,
         outcome_weight=cfg.outcome_weight,
         **step_arguments,

@@ -10,7 +10,8 @@ G_s, 0 off the response.
 - sum-form:   G_s = sum_{s' >= s} gamma^(s' - s) p_s'
 - strict min: G_s = min_{s' >= s} p_s'                       (PURE)
 - soft min:   w = softmax(-p / temp) over the row's steps, G_s = sum_{s' >= s} w_s' p_s'  (PURE)
-- Clip:       p~ = min(p - eta, 0);  Delta: p~_s = p_s - p_{s+1}, p~_last = p_last
+- Clip:       p~ = min(p - eta, 0);  Delta: p~_s = p_s - p_{s+1}, p~_last = 0
+  (Gao et al.; "delta_keep_last" keeps p~_last = p_last)
 - GRPO process supervision: group-normalized steps, then sum-form with gamma = 1.
 - PRIME: implicit token rewards beta (lp_phi - lp_ref), leave-one-out per source,
   returns by reverse cumulative sum over tokens.
@@ -158,11 +159,44 @@ def clip_transform(p_NxS, step_mask_NxS, eta=0.0):
     return jnp.where(step_mask_NxS, jnp.minimum(p_NxS - eta, 0), 0)
 
 
-def delta_transform(p_NxS, step_mask_NxS):
-    """Delta mechanism: p~_s = p_s - p_{s+1}, and p~ = p on each row's last step.
+def _minus_next(p_NxS, step_mask_NxS):
+    """p_s - p_{s+1} on every step, p itself on each row's last step (p_{S+1} = 0)."""
+    p_NxS = _masked(p_NxS, step_mask_NxS)
+    next_NxS = jnp.pad(p_NxS[:, 1:], ((0, 0), (0, 1)))
+    return jnp.where(step_mask_NxS, p_NxS - next_NxS, 0)
 
-    The sum-form return (gamma = 1) from step s then telescopes to p_s, so
-    adding or repeating steps cannot raise any step's return.
+
+def delta_transform(p_NxS, step_mask_NxS):
+    """Delta mechanism (Gao et al. 2024, arXiv 2410.15115, section 4): adjacent differences.
+
+    p~_k = p_k - p_{k+1} for k < K, and the last step's reward is dropped,
+    p~_K = 0 (the paper's figure of the mechanism strikes the last step out,
+    leaving K - 1 deltas; the final step is the one the success reward
+    judges). The sum-form return (gamma = 1) from step k then telescopes to
+    G_k = p_k - p_K, and G_K = 0: no trajectory's return exceeds the range of
+    p, so adding or repeating steps cannot raise it.
+
+    Example: p = [0.7, 0.2, 0.4, 0.8] gives p~ = [0.5, -0.2, -0.4, 0] and
+    returns [-0.1, -0.6, -0.4, 0].
+
+    Args:
+        p_NxS: step rewards.
+        step_mask_NxS: existing steps (a prefix of each row).
+
+    Returns:
+        p~_NxS, 0 on absent steps and on each row's last step.
+    """
+    p_NxS = _masked(p_NxS, step_mask_NxS)
+    has_next_NxS = jnp.pad(step_mask_NxS[:, 1:], ((0, 0), (0, 1)))
+    return jnp.where(has_next_NxS, _minus_next(p_NxS, step_mask_NxS), 0)
+
+
+def delta_keep_last_transform(p_NxS, step_mask_NxS):
+    """Delta with the last step kept: p~_k = p_k - p_{k+1} for k < K, p~_K = p_K.
+
+    The sum-form return (gamma = 1) from step k telescopes to p_k itself; the
+    variant rl_lm offered as "delta" before following the paper
+    (`delta_transform`), kept as "delta_keep_last".
 
     Args:
         p_NxS: step rewards.
@@ -171,15 +205,14 @@ def delta_transform(p_NxS, step_mask_NxS):
     Returns:
         p~_NxS, 0 on absent steps.
     """
-    p_NxS = _masked(p_NxS, step_mask_NxS)
-    next_NxS = jnp.pad(p_NxS[:, 1:], ((0, 0), (0, 1)))
-    return jnp.where(step_mask_NxS, p_NxS - next_NxS, 0)
+    return _minus_next(p_NxS, step_mask_NxS)
 
 
 STEP_TRANSFORMS = {
     "none": lambda p, m, eta: _masked(p, m),
     "clip": clip_transform,
     "delta": lambda p, m, eta: delta_transform(p, m),
+    "delta_keep_last": lambda p, m, eta: delta_keep_last_transform(p, m),
 }
 
 CREDIT_FORMS = {
@@ -196,7 +229,8 @@ def step_returns(p_NxS, step_mask_NxS, form, transform="none", gamma=1.0, temper
         p_NxS: step rewards.
         step_mask_NxS: existing steps.
         form: "sum", "min" (strict) or "soft_min".
-        transform: "none", "clip" or "delta".
+        transform: "none", "clip", "delta" (the paper's: returns p_s - p_K)
+            or "delta_keep_last" (returns p_s).
         gamma: discount of the sum-form.
         temperature: soft-min temperature.
         eta: Clip threshold.
@@ -228,7 +262,8 @@ def returns_to_step_rewards(G_NxS, step_mask_NxS):
       no worse than those (a padded correct one) earns exactly 0 (PURE's
       min-form credit written as rewards);
     - soft min: r'_s = w_s r_s, PURE's softmin-reweighted step rewards.
-    It is `delta_transform` of the returns: Delta inverts the gamma = 1 sum-form.
+    It is `delta_keep_last_transform` of the returns: Delta with the last step
+    kept inverts the gamma = 1 sum-form.
 
     Args:
         G_NxS: step returns (e.g. `step_returns`).
@@ -237,7 +272,7 @@ def returns_to_step_rewards(G_NxS, step_mask_NxS):
     Returns:
         r'_NxS, 0 on absent steps.
     """
-    return delta_transform(G_NxS, step_mask_NxS)
+    return delta_keep_last_transform(G_NxS, step_mask_NxS)
 
 
 def step_end_rewards(p_NxS, seg, form, transform="none", gamma=1.0, temperature=0.1, eta=0.0):
@@ -324,9 +359,10 @@ def leave_one_out(rewards_N, group_size):
 def subtract_loo_mean(x_NxK, mask_NxK, group_size):
     """x - (mean over the other rows of the group of each row's masked mean of x).
 
-    PRIME's baseline for dense rewards (tokens) and PURE's "step" baseline
-    for step rewards: every entry of row i loses
-    (1 / (G - 1)) sum_{j != i} mean_k x_jk.
+    PRIME's baseline for dense rewards (tokens), and rl_lm's "loo" process
+    baseline on raw step rewards before the credit form (not PURE's, which
+    baselines the credited rewards: `core.step_baselines`): every entry of
+    row i loses (1 / (G - 1)) sum_{j != i} mean_k x_jk.
 
     Args:
         x_NxK: per-token or per-step rewards.

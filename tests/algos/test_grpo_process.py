@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import pure_chain
-from rl_lm.algos import grpo, grpo_loss, process_rewards
+from rl_lm.algos import grpo, grpo_loss, process_advantages, process_rewards
 from rl_lm.core import aggregation, losses
 from rl_lm.models import transformer as tf
 from rl_lm.models.config import get_model_config
@@ -70,7 +70,7 @@ def _reference(scores, num_steps, tokens, mask, outcome, form, baseline, w, gamm
 
 def _advantages(scores, tokens, mask, outcome, **kw):
     kw = {"group_size": G, "max_steps": S, "eos_id": TOK.eos_id, **kw}
-    fn = jax.jit(functools.partial(process_rewards.token_advantages, **kw))
+    fn = jax.jit(functools.partial(process_advantages.token_advantages, **kw))
     return jax.tree.map(np.asarray, fn(jnp.asarray(scores), tokens, mask, jnp.asarray(outcome)))
 
 
@@ -121,9 +121,9 @@ def test_repeating_a_correct_step_pays_under_sum_form_only(byte_responses):
     assert scores.sum(1).tolist() == [4, 6]  # the lenient "PRM" pays every padded step
     tokens, mask = byte_responses(texts, 64)
     kw = dict(group_size=2, max_steps=8, eos_id=TOK.eos_id, baseline="none")
-    fn = lambda form: jax.jit(functools.partial(process_rewards.token_advantages, form=form, **kw))(
-        jnp.asarray(scores), tokens, mask, jnp.zeros(2)
-    )
+    fn = lambda form: jax.jit(
+        functools.partial(process_advantages.token_advantages, form=form, **kw)
+    )(jnp.asarray(scores), tokens, mask, jnp.zeros(2))
     _, total = fn("sum")
     _, worst = fn("min")
     assert total["return_N"].tolist() == [4.0, 6.0]

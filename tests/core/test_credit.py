@@ -38,6 +38,11 @@ def ref_soft_min(row, temperature):
 
 
 def ref_delta(row):
+    """Gao et al.'s Delta: K - 1 adjacent differences, the last step dropped."""
+    return [row[s] - row[s + 1] for s in range(len(row) - 1)] + [0.0]
+
+
+def ref_delta_keep_last(row):
     return [row[s] - (row[s + 1] if s + 1 < len(row) else 0.0) for s in range(len(row))]
 
 
@@ -66,6 +71,7 @@ FORMS = {
     ),
     "clip": (functools.partial(credit.clip_transform, eta=0.2), lambda r: ref_clip(r, 0.2)),
     "delta": (credit.delta_transform, ref_delta),
+    "delta_keep_last": (credit.delta_keep_last_transform, ref_delta_keep_last),
 }
 
 
@@ -107,10 +113,34 @@ def test_soft_min_weights_of_an_empty_row_are_zero():
     np.testing.assert_array_equal(w, np.zeros((1, 3)))
 
 
-def test_delta_returns_equal_step_rewards():
+def test_delta_by_hand():
+    """p = [0.7, 0.2, 0.4, 0.8]: deltas [0.5, -0.2, -0.4] and the last step struck
+    out, so the returns are p_k - p_K = [-0.1, -0.6, -0.4, 0]; keeping the last
+    step adds p_K = 0.8 to every return."""
+    p, mask = padded([[0.7, 0.2, 0.4, 0.8]], np.nan)
+    np.testing.assert_allclose(
+        credit.delta_transform(p, mask), [[0.5, -0.2, -0.4, 0, 0]], atol=1e-6
+    )
+    np.testing.assert_allclose(
+        credit.step_returns(p, mask, "sum", transform="delta"),
+        [[-0.1, -0.6, -0.4, 0, 0]],
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        credit.step_returns(p, mask, "sum", transform="delta_keep_last"),
+        [[0.7, 0.2, 0.4, 0.8, 0]],
+        atol=1e-6,
+    )
+
+
+def test_delta_returns_telescope():
+    """Delta's sum-form returns are p_s - p_K; with the last step kept, p_s."""
     p, mask = padded(ROWS, np.nan)
+    last = np.array([row[-1] for row in ROWS])[:, None]
     returns = credit.step_returns(p, mask, "sum", transform="delta")
-    np.testing.assert_allclose(returns, np.where(mask, p, 0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(returns, np.where(mask, p - last, 0), rtol=1e-6, atol=1e-6)
+    kept = credit.step_returns(p, mask, "sum", transform="delta_keep_last")
+    np.testing.assert_allclose(kept, np.where(mask, p, 0), rtol=1e-6, atol=1e-6)
 
 
 def test_repeating_a_high_step_raises_sum_form_but_not_delta_or_min():
@@ -122,12 +152,14 @@ def test_repeating_a_high_step_raises_sum_form_but_not_delta_or_min():
         return float(credit.step_returns(p, mask, form, transform)[0, 0])
 
     assert first_return(padded_out, mask_p, "sum") > first_return(honest, mask_h, "sum") + 1.0
-    for form, transform in [("sum", "delta"), ("min", "none"), ("min", "delta")]:
+    cases = [("sum", "delta"), ("sum", "delta_keep_last"), ("min", "none"), ("min", "delta")]
+    for form, transform in cases:
         assert (
             first_return(padded_out, mask_p, form, transform)
             <= first_return(honest, mask_h, form, transform) + 1e-6
         )
-    assert first_return(padded_out, mask_p, "sum", "delta") == pytest.approx(0.9)
+    assert first_return(padded_out, mask_p, "sum", "delta") == pytest.approx(0.7)
+    assert first_return(padded_out, mask_p, "sum", "delta_keep_last") == pytest.approx(0.9)
 
 
 def test_step_returns_dispatch_and_bad_names():
