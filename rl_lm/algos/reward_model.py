@@ -2,7 +2,7 @@
 
 The reward of a row is the scalar head read at its last real token (the EOS of
 a preference row, the last response token of a sampled one). Each pair's loss
-(DESIGN.md section 6) is
+(Bradley-Terry, with an optional margin and centering term) is
 
     -log sigmoid(r_w - r_l - margin) + center_coef * (r_w + r_l)^2,
 

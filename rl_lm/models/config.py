@@ -146,7 +146,7 @@ PRESETS: dict[str, ModelConfig] = {
         mlp_dim=384,
         max_seq_len=256,
     ),
-    # Bench model "B" of DESIGN.md section 7 (about 3.3M params).
+    # Bench model "B" of docs/benchmarks.md (about 3.3M params).
     "bench_b": ModelConfig(
         vocab_size=512,
         dim=256,

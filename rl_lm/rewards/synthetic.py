@@ -15,21 +15,22 @@ so r* is in [0, 1], and r* = 1 exactly for the sorted prompt digits. Every extra
 byte (junk, a repeated digit) dilutes `content`, which is the length penalty.
 Preferences over it are Bradley-Terry: P(a > b) = sigmoid((r*_a - r*_b) / T).
 
-Rock-paper-scissors, an intransitive task for Nash learning. The prompt
-"rps R 1.0 0427:" names a favourite class and a strength s (the 4 digits are a
-nonce). A response's class is its first character, one of `RPS_CLASSES` =
-("R", "S", "P"), ordered so that class i beats class i+1 (mod 3), as in the
-matrix A of DESIGN.md section 6; anything else is invalid. Between classes,
-P(i > j) = 1/2 + s * A[i, j] / 2; an invalid response loses to every valid one
-and ties with an invalid one. The reference (the SFT data) draws the class from
-`rps_reference`: 0.6 on the favourite, 0.3 on the class it beats, 0.1 on the one
-that beats it, then a word of that class from `RPS_WORDS`. For favourite "R"
-and s = 1 the class-level game is exactly the DESIGN.md fixture. Since P depends
-only on classes, pi*_beta(y|x) = pi*_beta(class(y)|x) * ref(y | class(y), x),
-with the class-level pi*_beta the fixed point of (`rps_preference_matrix`,
+Rock-paper-scissors, an intransitive task for Nash learning. The prompt "rps R
+1.0 0427:" names a favourite class and a strength s (the 4 digits are a nonce).
+A response's class is its first character, one of `RPS_CLASSES` = ("R", "S",
+"P"), ordered so that class i beats class i+1 (mod 3), as in the antisymmetric
+matrix A = [[0, 1, -1], [-1, 0, 1], [1, -1, 0]]; anything else is invalid.
+Between classes, P(i > j) = 1/2 + s * A[i, j] / 2; an invalid response loses to
+every valid one and ties with an invalid one. The reference (the SFT data)
+draws the class from `rps_reference`: 0.6 on the favourite, 0.3 on the class it
+beats, 0.1 on the one that beats it, then a word of that class from
+`RPS_WORDS`. For favourite "R" and s = 1 the class-level game is exactly the
+tabular fixture of `rl_lm.algos.nash_tabular`. Since P depends only on classes,
+pi*_beta(y|x) = pi*_beta(class(y)|x) * ref(y | class(y), x), with the
+class-level pi*_beta the fixed point of (`rps_preference_matrix`,
 `rps_reference`). No Bradley-Terry reward represents these preferences: around
-the cycle some step has r_i <= r_{i+1}, so it predicts <= 1/2 where P says
-1/2 + s/2.
+the cycle some step has r_i <= r_{i+1}, so it predicts <= 1/2 where P says 1/2
++ s/2.
 
 Every function takes a batch of strings and returns float32 [N] (or [N, 3] and
 [N, 3, 3] per-prompt tables).
