@@ -6,6 +6,11 @@ midway never looks like a checkpoint. A finished checkpoint whose files were
 later truncated or deleted fails to restore; `Checkpointer.restore_latest` then
 falls back to the previous step and moves the broken one aside (into
 `<directory>_corrupt/`), never deleting it.
+
+A save that fails (a full or read-only disk) raises `RunError` in one line naming
+the path and the free space, after removing the temporary directory it left; the
+earlier checkpoints are untouched. An async save's failure surfaces at the next
+`check`, `save` or `wait`.
 """
 
 from __future__ import annotations
@@ -15,18 +20,20 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+from rl_lm.train.report import RunError, announce
 
 
 class Checkpointer:
     """Saves and restores train-state pytrees under one directory.
 
     Args:
-      directory: where step subdirectories live (created if missing).
+      directory: where step subdirectories live (created by the first save).
       keep: keep only the `keep` most recent steps.
       async_save: write in a background thread (the device-to-host copy is
         still taken before `save` returns, so the caller may donate the state).
@@ -38,14 +45,16 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         self._keep = keep
         self._async = async_save
+        self._pending: int | None = None  # The step of a save that may still be running.
         self._manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:
+        # create=False: a run that fails before its first save leaves no empty directory.
         options = ocp.CheckpointManagerOptions(
             max_to_keep=self._keep,
             enable_async_checkpointing=self._async,
             cleanup_tmp_directories=True,
-            create=True,
+            create=False,
         )
         return ocp.CheckpointManager(self.directory, options=options)
 
@@ -54,19 +63,69 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state: Any, *, wait: bool = False) -> None:
-        """Saves `state` as `step` (replacing nothing: each step is saved once)."""
+        """Saves `state` as `step` (replacing nothing: each step is saved once).
+
+        Raises:
+          RunError: when this save, or the previous async one, failed.
+        """
         if step in self._manager.all_steps():
             return
-        self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        self.wait()  # A failure of the previous save is reported as that step's.
+        self._pending = step
+        try:
+            self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        except Exception as e:  # noqa: BLE001 -- whatever the storage raised, the save failed.
+            self._failed(e)
         if wait:
             self.wait()
 
     def wait(self) -> None:
-        """Blocks until pending async saves are on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until pending async saves are on disk.
+
+        Raises:
+          RunError: when one of them failed.
+        """
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            self._failed(e)
+        self._pending = None
+
+    def check(self) -> None:
+        """Raises RunError if an async save has failed by now; cheap enough for every step."""
+        if self._pending is not None and not self._manager.is_saving_in_progress():
+            self.wait()
+
+    def _failed(self, error: Exception) -> NoReturn:
+        step, self._pending = self._pending, None
+        # Closing lets the writes still in flight settle; reopening refreshes the steps
+        # (orbax forgot those the failed save was to delete).
+        self._manager.close()
+        if jax.process_index() == 0:
+            for tmp in self.directory.glob(f"{step}{ocp.path.step.TMP_DIR_SUFFIX}*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+        self._manager = self._open()
+        existing = next(p for p in (self.directory, *self.directory.parents) if p.exists())
+        try:
+            free = f"{shutil.disk_usage(existing).free / 2**30:.2f} GiB free"
+        except OSError:
+            free = "free space unknown"
+        reason = (str(error).splitlines() or [""])[0][:300]
+        kept = self._manager.all_steps()
+        resume = f"resumes from step {max(kept)}" if kept else "starts over (nothing was saved)"
+        raise RunError(
+            f"Saving checkpoint step {step} to {self.directory / str(step)} failed "
+            f"({type(error).__name__}: {reason}); {existing}: {free}. Training stopped and "
+            f"the partial save was removed; rerun the same command once the disk has room "
+            f"and is writable: the run {resume}."
+        ) from error
 
     def close(self) -> None:
-        self._manager.close()
+        """Waits for pending saves (raising RunError if one failed), then closes."""
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
     def restore(self, step: int, abstract_state: Any) -> Any:
         """Restores `step` into the layout of `abstract_state` (ShapeDtypeStructs
@@ -124,7 +183,9 @@ class Checkpointer:
             for step in steps:
                 target = target_root / f"{step}.{int(time.time())}"
                 shutil.move(str(self.directory / str(step)), str(target))
-                logging.warning("Moved unreadable checkpoint step %d to %s.", step, target)
+                announce(
+                    f"Moved unreadable checkpoint step {step} aside to {target}.", logging.WARNING
+                )
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 

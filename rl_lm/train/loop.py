@@ -17,8 +17,10 @@ import json
 import logging as pylogging
 import os
 import signal
+import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +31,12 @@ from jax.experimental import multihost_utils
 
 from rl_lm import parallel
 from rl_lm.algos import common
-from rl_lm.train import registry, warm_start
+from rl_lm.train import preflight, registry, warm_start
 from rl_lm.train.checkpoint import Checkpointer
+from rl_lm.train.divergence import Watch
 from rl_lm.train.metrics import MetricsWriter, Progress, read_metrics
 from rl_lm.train.plotting import plot_curves
+from rl_lm.train.report import ConfigError, announce
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -43,47 +47,69 @@ def quiet_library_logs(packages: tuple[str, ...] = ("orbax",)) -> None:
     """Drops the INFO logs of chatty libraries (orbax logs every file it writes).
 
     They log through absl like us, so records are told apart by source file.
-    Their warnings and errors still show.
+    Their warnings and errors still show, one line each, without the tracebacks
+    of their background threads: an exception that matters reaches our code,
+    which reports it (a failed save is one line from `Checkpointer`).
     """
     dirs = tuple(f"{os.sep}{p}{os.sep}" for p in packages)
 
     def keep(record) -> bool:
-        return record.levelno >= pylogging.WARNING or not any(d in record.pathname for d in dirs)
+        if not any(d in record.pathname for d in dirs):
+            return True
+        record.exc_info = record.exc_text = None
+        return record.levelno >= pylogging.WARNING
 
     logging.get_absl_handler().addFilter(keep)
+    previous = sys.unraisablehook
+
+    def unraisable(info) -> None:
+        # After a failed save orbax abandons its in-flight writes; each finishing later
+        # finds its event loop closed, which Python would print as one more traceback.
+        closed = isinstance(info.exc_value, RuntimeError) and "loop is closed" in str(
+            info.exc_value
+        )
+        if not closed:
+            previous(info)
+
+    sys.unraisablehook = unraisable
+    # Those abandoned writes also leave coroutines that Python warns about at exit.
+    warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning)
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}
+def compare_config(config: Any, workdir: Path) -> None:
+    """Checks `config` equals the one saved in WORKDIR/config.json, if any (writes nothing).
+
+    Raises:
+      ConfigError: naming the differing keys when WORKDIR holds another run's config.
+    """
+    path = workdir / CONFIG_FILE
+    if not path.exists():
+        return
+    saved = preflight.flatten(json.loads(path.read_text()))
+    now = preflight.flatten(json.loads(config.to_json_best_effort()))
+    diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:10])
+        raise ConfigError(
+            f"{workdir} holds a run with a different config ({shown}). Resuming it with "
+            "another config would mix two experiments: use a new --workdir, or delete "
+            f"{path} to accept the new config deliberately."
+        )
 
 
 def check_config(config: Any, workdir: Path) -> None:
     """Saves the config as WORKDIR/config.json, or checks it equals the saved one.
 
     Raises:
-      ValueError: naming the differing keys when WORKDIR holds another run's config.
+      ConfigError: naming the differing keys when WORKDIR holds another run's config.
     """
-    current = json.loads(config.to_json_best_effort())
+    compare_config(config, workdir)
     path = workdir / CONFIG_FILE
-    if path.exists():
-        saved = _flatten(json.loads(path.read_text()))
-        now = _flatten(current)
-        diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
-        if diff:
-            shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff[:10])
-            raise ValueError(
-                f"{workdir} holds a run with a different config ({shown}). Resuming it with "
-                "another config would mix two experiments: use a new --workdir, or delete "
-                f"{path} to accept the new config deliberately."
-            )
-    elif jax.process_index() == 0:
+    if not path.exists() and jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+        path.write_text(
+            json.dumps(json.loads(config.to_json_best_effort()), indent=2, sort_keys=True) + "\n"
+        )
 
 
 class Preemption:
@@ -127,73 +153,115 @@ def train(config: Any, workdir: str | Path) -> dict[str, Any]:
     Returns:
       {"step": the last step reached, "preempted": bool, "eval/...": the latest
       evaluation metrics (the final ones unless preempted)}.
+
+    Raises:
+      RunError: for a config that cannot run (here), a diverging run (stopped
+        before it saves a non-finite state) or a failed save; the message says which.
     """
     workdir = Path(workdir).absolute()
     is_main = jax.process_index() == 0
-    check_config(config, workdir)
-    mesh = parallel.make_mesh(config.mesh)
-    logging.info("mesh: %s", parallel.describe(mesh))
     tc = config.train
     num_steps = tc.num_steps
-    ckpt = Checkpointer(workdir / CHECKPOINT_DIR, keep=tc.keep)
-    init_from = warm_start.initial_params(config, workdir, resuming=bool(ckpt.steps()))
-    trainer = registry.make_trainer(config, mesh, init_from)
-    state, start = ckpt.restore_latest(trainer.abstract_state)
-    if state is None:
-        state, start = trainer.init_state(jax.random.PRNGKey(config.seed)), 0
-        logging.info("Initialized a new run in %s.", workdir)
-    else:
-        logging.info("Restored step %d from %s.", start, ckpt.directory)
+    trainer, ckpt, state, start = _start(config, workdir)
     writer = MetricsWriter(workdir, start_step=start, enabled=is_main)
     progress = Progress(num_steps, start, enabled=is_main)
+    watch = Watch(config.optim, saved=lambda: _latest(ckpt))
     result: dict[str, Any] = {"step": start, "preempted": False}
-    if start == 0 and tc.get("eval_at_start", False):
-        # The starting point of the curve (e.g. the warm start's accuracy), as step 0;
-        # a restart before the first checkpoint already has it.
-        logged = [r for r in read_metrics(workdir) if r["step"] == 0]
-        evals = logged[0] if logged else {}
-        if not logged:
-            evals = {f"eval/{k}": v for k, v in trainer.evaluate(state).items()}
-            writer.write(0, evals)
-        result["start"] = {k: v for k, v in evals.items() if k.startswith("eval/")}
-    tokens, clock = 0, time.perf_counter()
-    with Preemption() as preemption:
-        batches = trainer.batches(start)
-        for step in range(start + 1, num_steps + 1):
-            state, metrics = trainer.step(state, next(batches))
-            tokens += int(metrics.pop("tokens", 0))
-            row = {}
-            if _due(step, tc.log_every, num_steps):
-                row = common.host_scalars(metrics)
-                now = time.perf_counter()
-                row["tokens_per_s"] = tokens / max(now - clock, 1e-9)
-                tokens, clock = 0, now
-            if _due(step, tc.eval_every, num_steps):
+    try:
+        if start == 0 and tc.get("eval_at_start", False):
+            # The starting point of the curve (e.g. the warm start's accuracy), as step 0;
+            # a restart before the first checkpoint already has it.
+            logged = [r for r in read_metrics(workdir) if r["step"] == 0]
+            evals = logged[0] if logged else {}
+            if not logged:
                 evals = {f"eval/{k}": v for k, v in trainer.evaluate(state).items()}
-                row.update(evals)
-                result.update(evals)
-                clock = time.perf_counter()  # Evaluation time is not training throughput.
-            if row:
-                writer.write(step, row)
-            progress.update(row)
-            result["step"] = step
-            if preemption.requested():
-                ckpt.save(step, state, wait=True)
-                logging.warning("Saved step %d after SIGTERM; exiting.", step)
-                result["preempted"] = True
-                break
-            if _due(step, tc.ckpt_every, num_steps):
-                ckpt.save(step, state)
-    ckpt.wait()
-    ckpt.close()
-    progress.close()
-    writer.close()
+                writer.write(0, evals)
+            result["start"] = {k: v for k, v in evals.items() if k.startswith("eval/")}
+        tokens, clock = 0, time.perf_counter()
+        with Preemption() as preemption:
+            batches = trainer.batches(start)
+            for step in range(start + 1, num_steps + 1):
+                state, metrics = trainer.step(state, next(batches))
+                watch.push(step, metrics)  # Checks the previous step's, computed by now.
+                ckpt.check()
+                tokens += int(metrics.pop("tokens", 0))
+                row = {}
+                if _due(step, tc.log_every, num_steps):
+                    row = common.host_scalars(metrics)
+                    now = time.perf_counter()
+                    row["tokens_per_s"] = tokens / max(now - clock, 1e-9)
+                    tokens, clock = 0, now
+                if _due(step, tc.eval_every, num_steps):
+                    watch.flush()
+                    evals = {f"eval/{k}": v for k, v in trainer.evaluate(state).items()}
+                    row.update(evals)
+                    result.update(evals)
+                    clock = time.perf_counter()  # Evaluation time is not training throughput.
+                if row:
+                    writer.write(step, row)
+                progress.update(row)
+                result["step"] = step
+                if preemption.requested():
+                    watch.check_state(step, state)
+                    ckpt.save(step, state, wait=True)
+                    announce(f"Saved step {step} after SIGTERM; exiting.")
+                    result["preempted"] = True
+                    break
+                if _due(step, tc.ckpt_every, num_steps):
+                    watch.check_state(step, state)
+                    ckpt.save(step, state)
+            watch.flush()
+        ckpt.wait()
+    finally:
+        progress.close()
+        writer.close()
+        ckpt.close()
     if not result["preempted"]:
         if start == num_steps:
-            logging.info("%s already finished %d steps; evaluating only.", workdir, num_steps)
+            announce(f"{workdir} already finished {num_steps} steps; evaluating only.")
             result.update({f"eval/{k}": v for k, v in trainer.evaluate(state).items()})
         _finish(workdir, result, is_main)
     return result
+
+
+def _start(config: Any, workdir: Path) -> tuple[common.Trainer, Checkpointer, Any, int]:
+    """Builds the trainer and restores (or initializes) its state.
+
+    WORKDIR/config.json is written only once that succeeded, and the checkpoint
+    directory only by the first save, so a start that fails (a length or shape
+    mismatch, a vocabulary the model lacks, ...) leaves WORKDIR as it found it; a
+    warm-start stage that ran keeps its own directory, WORKDIR/warm_start.
+
+    Returns:
+      (trainer, checkpointer, state, its step).
+    """
+    preflight.check_lengths(config)
+    compare_config(config, workdir)
+    mesh = parallel.make_mesh(config.mesh)
+    logging.info("mesh: %s", parallel.describe(mesh))
+    ckpt = Checkpointer(workdir / CHECKPOINT_DIR, keep=config.train.keep)
+    try:
+        init_from = warm_start.initial_params(config, workdir, resuming=bool(ckpt.steps()))
+        trainer = registry.make_trainer(config, mesh, init_from)
+        state, start = ckpt.restore_latest(trainer.abstract_state)
+        if state is None:
+            state, start = trainer.init_state(jax.random.PRNGKey(config.seed)), 0
+    except BaseException:
+        ckpt.close()
+        raise
+    check_config(config, workdir)
+    if start == 0:
+        announce(f"Started a new run in {workdir}.")
+    else:
+        announce(f"Resumed from step {start} of {ckpt.directory}.")
+    return trainer, ckpt, state, start
+
+
+def _latest(ckpt: Checkpointer) -> str:
+    steps = ckpt.steps()
+    if not steps:
+        return "no checkpoint had been saved yet"
+    return f"the latest checkpoint, step {steps[-1]} in {ckpt.directory}, is untouched"
 
 
 def _finish(workdir: Path, result: dict[str, Any], is_main: bool) -> None:
@@ -208,6 +276,4 @@ def _finish(workdir: Path, result: dict[str, Any], is_main: bool) -> None:
         for k, v in result.items()
         if k.startswith("eval/")
     )
-    line = f"Finished step {result['step']}: held-out {figures or 'n/a'}. Curves: {plot}"
-    logging.info(line)
-    print(line, flush=True)
+    announce(f"Finished step {result['step']}: held-out {figures or 'n/a'}. Curves: {plot}")

@@ -1,10 +1,11 @@
 """Run metrics: a JSONL file, TensorBoard event files and a progress bar.
 
 WORKDIR/metrics.jsonl has one JSON object per logged step: {"step", "wall_time",
-metric: value, ...} (evaluation metrics prefixed "eval/"). A resumed run first
-drops the lines past its restored step, so every step appears once however
-often the run was interrupted; TensorBoard gets the same cut via purge_step.
-Only process 0 writes.
+metric: value, ...} (evaluation metrics prefixed "eval/"). A non-finite value (a
+diverged loss) is written as null, which every JSON reader accepts, and read
+back by `read_metrics` as float nan. A resumed run first drops the lines past
+its restored step, so every step appears once however often the run was
+interrupted; TensorBoard gets the same cut via purge_step. Only process 0 writes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ _BAR_KEYS = {"loss": "loss", "eval/accuracy": "acc", "reward": "reward", "tokens
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:
-    """The rows of WORKDIR/metrics.jsonl (empty when there is none)."""
+    """The rows of WORKDIR/metrics.jsonl (empty when there is none); null reads as nan."""
     path = Path(workdir) / METRICS_FILE
     if not path.exists():
         return []
@@ -37,10 +38,17 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
             if not line:
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 break  # A line cut by a crash ends the readable part.
+            rows.append({k: math.nan if v is None else v for k, v in row.items()})
     return rows
+
+
+def _json_line(row: Mapping[str, float]) -> str:
+    """Standard JSON: NaN and infinities, which json.dumps would write bare, become null."""
+    clean = {k: v if math.isfinite(v) else None for k, v in row.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
 
 
 class MetricsWriter:
@@ -60,7 +68,7 @@ class MetricsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_metrics(workdir) if r["step"] <= start_step]
         tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.write_text("".join(_json_line(r) for r in kept))
         os.replace(tmp, self.path)
         self._file = self.path.open("a")
         self._tb = SummaryWriter(
@@ -70,12 +78,12 @@ class MetricsWriter:
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.enabled:
             return
-        clean = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
-        row = {"step": step, "wall_time": time.time(), **clean}
-        self._file.write(json.dumps(row) + "\n")
+        values = {k: float(v) for k, v in metrics.items()}
+        self._file.write(_json_line({"step": step, "wall_time": time.time(), **values}))
         self._file.flush()
-        for key, value in clean.items():
-            self._tb.add_scalar(key, value, step)
+        for key, value in values.items():
+            if math.isfinite(value):  # TensorBoard draws no NaN (and tensorboardX warns).
+                self._tb.add_scalar(key, value, step)
         self._tb.flush()
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ from absl import logging
 
 from rl_lm.algos import common
 from rl_lm.models.transformer import init_params
+from rl_lm.train.report import ConfigError, announce
 
 WARM_START_DIR = "warm_start"
 
@@ -37,7 +38,7 @@ def _load_run_params(workdir: Path) -> Any:
             "workdir of a run that saved at least one checkpoint."
         )
     state, step = load_state(ckpt)
-    logging.info("Starting from step %d of %s.", step, workdir)
+    announce(f"Starting from the parameters of step {step} of {workdir}.")
     return state["params"]
 
 
@@ -52,8 +53,8 @@ def _check_shapes(params: Any, config: Any, source: str) -> None:
     got = {k: jax.tree.map(lambda x: tuple(x.shape), params.get(k)) for k in _TRUNK}
     want = {k: jax.tree.map(lambda x: tuple(x.shape), expected.get(k)) for k in _TRUNK}
     if got != want:
-        raise ValueError(
-            f"the parameters of {source} do not match config.model: expected {want}, got "
+        raise ConfigError(
+            f"The parameters of {source} do not match config.model: expected {want}, got "
             f"{got}. Use the same model settings as the run you start from."
         )
 
@@ -83,14 +84,14 @@ def initial_params(config: Any, workdir: Path, resuming: bool) -> Any | None:
 
         params, cfg = load_hf_checkpoint(init.hf_dir)
         _check_shapes(params, config, f"init.hf_dir={init.hf_dir}")
-        logging.info("Starting from the Hugging Face checkpoint %s (%s).", init.hf_dir, cfg)
+        logging.info("Hugging Face model config: %s", cfg)
+        announce(f"Starting from the Hugging Face checkpoint {init.hf_dir}.")
         return params
     if config.get("warm_start") is not None:
         from rl_lm.train.loop import train
 
         stage = workdir / WARM_START_DIR
-        logging.info("Warm start: running %s in %s first.", config.warm_start.algo, stage)
-        print(f"Warm start ({config.warm_start.algo}) in {stage}", flush=True)
+        announce(f"Warm start: running the {config.warm_start.algo} stage in {stage} first.")
         if train(config.warm_start, stage)["preempted"]:
             # Going on would start this run from a half-trained stage, for good.
             raise Preempted(

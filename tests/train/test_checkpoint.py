@@ -1,20 +1,27 @@
-"""Checkpoints: exact sharded round trip, keep-last-K, fallback from damaged steps."""
+"""Checkpoints: exact sharded round trip, keep-last-K, fallback from damaged steps, failed saves."""
 
+import errno
+import hashlib
 import logging
 import os
+import re
+import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import PartitionSpec as P
+from orbax.checkpoint._src.path import async_path
 
 from rl_lm import parallel
 from rl_lm.algos import common
 from rl_lm.models.config import get_model_config
 from rl_lm.models.transformer import init_params, partition_specs
 from rl_lm.train.checkpoint import Checkpointer, load_state
+from rl_lm.train.report import RunError
 
 CFG = get_model_config("tiny")
 RULES = (("vocab", "tensor"), ("embed", "fsdp"), ("heads", "tensor"), ("mlp", "tensor"))
@@ -139,4 +146,62 @@ def test_no_restorable_checkpoint_raises_and_moves_nothing(setup, tmp_path):
         ckpt.restore_latest(abstract)
     assert _steps_on_disk(tmp_path / "ckpt") == [1]
     assert not (tmp_path / "ckpt_corrupt").exists()
+    ckpt.close()
+
+
+def fail_writes_of(step, monkeypatch):
+    """Makes orbax's file writes for `step` fail as on a full disk (its temporary dir exists)."""
+    real = async_path.write_text
+
+    async def write_text(path, text, *args, **kwargs):
+        if f"{os.sep}{step}{ocp.path.step.TMP_DIR_SUFFIX}" in str(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return await real(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(async_path, "write_text", write_text)
+
+
+def file_hashes(directory):
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(directory).rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_a_failed_save_is_one_line_and_leaves_the_others_as_they_were(setup, tmp_path, monkeypatch):
+    init, _, _ = setup
+    state = init(jax.random.PRNGKey(0))
+    directory = tmp_path / "ckpt"
+    ckpt = Checkpointer(directory, keep=2)
+    ckpt.save(1, state)
+    ckpt.save(2, state, wait=True)
+    before = file_hashes(directory)
+    fail_writes_of(3, monkeypatch)
+    ckpt.save(3, state)  # Async: the failure surfaces at the next check.
+    with pytest.raises(RunError) as e:
+        for _ in range(200):
+            ckpt.check()
+            time.sleep(0.05)
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"Saving checkpoint step 3 to {directory / '3'} failed (OSError: [Errno 28] No space "
+        "left on device: "
+    )
+    assert re.search(rf"\); {directory}: \d+\.\d\d GiB free\. Training stopped", message)
+    assert message.endswith("the run resumes from step 2.")
+    # No temporary directory left, and keep=2 deleted nothing for the failed step.
+    assert file_hashes(directory) == before
+    assert ckpt.steps() == [1, 2]
+    ckpt.close()
+
+
+def test_a_save_failing_at_once_names_its_step(setup, tmp_path, monkeypatch):
+    init, _, _ = setup
+    ckpt = Checkpointer(tmp_path / "ckpt", keep=2, async_save=False)
+    fail_writes_of(1, monkeypatch)
+    with pytest.raises(RunError, match="Saving checkpoint step 1 to .* the run starts over"):
+        ckpt.save(1, init(jax.random.PRNGKey(0)))
+    assert os.listdir(tmp_path / "ckpt") == []
     ckpt.close()

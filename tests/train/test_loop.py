@@ -1,10 +1,13 @@
 """The loop end to end: outputs in the workdir, SIGTERM, exact resume, config checks."""
 
 import dataclasses
+import hashlib
 import json
+import math
 import os
 import shutil
 import signal
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -15,6 +18,7 @@ from rl_lm.algos import sft
 from rl_lm.train import loop, registry, warm_start
 from rl_lm.train.checkpoint import load_state
 from rl_lm.train.metrics import read_metrics
+from rl_lm.train.report import ConfigError
 
 DATA = "arithmetic/d1_n2_add_train200_test20_seed0"
 
@@ -125,11 +129,14 @@ def test_metrics_resume_drops_rows_past_the_restored_step(tmp_path):
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 5, "loss"')  # A line cut by a crash.
     writer = loop.MetricsWriter(tmp_path, start_step=2)
-    writer.write(3, {"loss": 0.5, "bad": float("nan")})
+    writer.write(3, {"loss": 0.5, "bad": float("nan"), "worse": float("-inf")})
     writer.close()
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3]
-    assert rows[-1]["loss"] == 0.5 and "bad" not in rows[-1]
+    # Non-finite values are kept, as standard JSON null, and read back as nan.
+    assert rows[-1]["loss"] == 0.5 and math.isnan(rows[-1]["bad"]) and math.isnan(rows[-1]["worse"])
+    last = (tmp_path / "metrics.jsonl").read_text().splitlines()[-1]
+    assert '"bad": null, "worse": null' in last
 
 
 def test_a_workdir_refuses_another_config(data_dir, tmp_path):
@@ -137,7 +144,7 @@ def test_a_workdir_refuses_another_config(data_dir, tmp_path):
     loop.check_config(config, tmp_path)
     loop.check_config(config, tmp_path)  # Same config: resumes.
     config.optim.lr = 0.5
-    with pytest.raises(ValueError, match=r"different config \(optim.lr: 0.001 -> 0.5\)"):
+    with pytest.raises(ConfigError, match=r"different config \(optim.lr: 0.001 -> 0.5\)"):
         loop.check_config(config, tmp_path)
 
 
@@ -149,13 +156,16 @@ def test_unknown_algo_lists_the_known_ones(data_dir):
 
 
 @pytest.mark.slow
-def test_sigterm_in_a_warm_start_stage_stops_the_run(data_dir, tmp_path, monkeypatch):
+def test_sigterm_in_a_warm_start_stage_stops_the_run(data_dir, tmp_path, monkeypatch, capsys):
     config = _config(data_dir, num_steps=4, log_every=2, eval_every=4, ckpt_every=2)
     config.unlock()
     config.warm_start = _config(data_dir, num_steps=6, log_every=2, eval_every=6, ckpt_every=2)
     monkeypatch.setitem(registry.ALGOS, "sft", _sigterm_at(3))
     with pytest.raises(warm_start.Preempted, match="rerun the same command"):
         loop.train(config, tmp_path)
+    out = capsys.readouterr().out
+    assert f"Warm start: running the sft stage in {tmp_path / 'warm_start'} first." in out
+    assert "Saved step 3 after SIGTERM; exiting." in out
     # The stage saved where it stopped; the run itself never started.
     assert sorted(os.listdir(tmp_path / "warm_start" / "checkpoints")) == ["2", "3"]
     assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
@@ -164,3 +174,70 @@ def test_sigterm_in_a_warm_start_stage_stops_the_run(data_dir, tmp_path, monkeyp
     result = loop.train(config, tmp_path)
     assert result["step"] == 4 and not result["preempted"]
     assert "6" in os.listdir(tmp_path / "warm_start" / "checkpoints")
+
+
+def _listing(directory):
+    """Every path under `directory` with its file's hash (None for a directory)."""
+    directory = Path(directory)
+    if not directory.exists():
+        return None
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.is_file()
+        else None
+        for p in sorted(directory.rglob("*"))
+    }
+
+
+def _vocab_too_small(config, finished):
+    config.model.vocab_size = 100
+    return "the model's vocab_size is 100"
+
+
+def _init_from_another_shape(config, finished):
+    config.init.workdir = str(finished)
+    config.model.dim = 64
+    return "The parameters of init.workdir=.* do not match config.model"
+
+
+@pytest.mark.parametrize(
+    "break_it, fresh", [(_vocab_too_small, True), (_init_from_another_shape, False)]
+)
+def test_a_failed_start_leaves_the_workdir_as_it_found_it(
+    finished_run, data_dir, tmp_path, break_it, fresh
+):
+    workdir = tmp_path / "run"
+    if not fresh:
+        workdir.mkdir()
+        (workdir / "notes.txt").write_text("kept")
+    before = _listing(workdir)
+    config = _config(data_dir, num_steps=2, log_every=2, eval_every=2, ckpt_every=2)
+    message = break_it(config, finished_run[0])
+    with pytest.raises(ValueError, match=message):
+        loop.train(config, workdir)
+    assert _listing(workdir) == before
+    # So the corrected command runs in the same workdir.
+    result = loop.train(_config(data_dir, num_steps=2, log_every=2, eval_every=2), workdir)
+    assert result["step"] == 2
+
+
+def test_lengths_past_the_context_fail_before_anything(data_dir, tmp_path):
+    config = _config(data_dir)
+    config.model.max_seq_len = 11
+    with pytest.raises(ConfigError, match=r"^data.max_len=12 exceeds model.max_seq_len=11: "):
+        loop.train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_events_a_user_follows_are_on_stdout(finished_run, tmp_path, capsys):
+    ref_workdir, config, _ = finished_run
+    workdir = tmp_path / "run"
+    shutil.copytree(ref_workdir, workdir)
+    (workdir / "checkpoints" / "6" / "default" / "_METADATA").unlink()
+    capsys.readouterr()
+    assert loop.train(config, workdir)["step"] == 6
+    lines = capsys.readouterr().out.splitlines()
+    moved = f"Moved unreadable checkpoint step 6 aside to {workdir / 'checkpoints_corrupt'}/6."
+    assert lines[0].startswith(moved)
+    assert lines[1] == f"Resumed from step 4 of {workdir / 'checkpoints'}."
+    assert lines[2].startswith("Finished step 6: held-out accuracy ")

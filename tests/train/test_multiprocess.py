@@ -106,7 +106,7 @@ def test_sigkill_then_restart_equals_uninterrupted(reference_run, tmp_path):
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     out = _finish(_launch(workdir, env))  # The same command resumes.
-    assert "Restored step" in out, out[-3000:]
+    assert "Resumed from step" in out, out[-3000:]
     got, step = _params(workdir)
     want, _ = _params(ref_dir)
     assert step == 200
