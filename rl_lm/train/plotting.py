@@ -14,6 +14,16 @@ from collections.abc import Mapping, Sequence
 from matplotlib.figure import Figure
 
 _SKIP = ("step", "wall_time")
+# The curves a person looks at first, in this order; the rest follow by name.
+LEADING = (
+    "reward",
+    "eval/accuracy",
+    "kl",
+    "response_len",
+    "eval/response_len",
+    "loss",
+    "eval/loss",
+)
 
 
 def curves_figure(
@@ -26,18 +36,15 @@ def curves_figure(
         a metric may be absent from some rows, e.g. evaluation metrics). A single
         run labelled "" gets no legend.
       keys: the metrics to plot, in order; None plots every numeric metric of
-        any run, training loss and held-out accuracy first.
+        any run that is not constant across all runs (a column of zeros or a
+        fixed learning rate says nothing), those of `LEADING` first.
       title: figure title.
 
     Returns:
       The figure.
     """
     if keys is None:
-        keys = sorted(
-            {k for rows in runs.values() for r in rows for k, v in r.items() if _plottable(k, v)}
-        )
-        # Training loss and held-out accuracy first: the two curves readers look for.
-        keys.sort(key=lambda k: (k not in ("loss", "eval/accuracy"), k))
+        keys = default_keys(runs)
     cols = min(3, max(1, len(keys)))
     nrows = max(1, math.ceil(len(keys) / cols))
     fig = Figure(figsize=(4.5 * cols, 3.2 * nrows))
@@ -60,6 +67,21 @@ def curves_figure(
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def default_keys(runs: Mapping[str, Sequence[dict]]) -> list[str]:
+    """The metrics worth a panel: numeric, not constant, those of `LEADING` first."""
+    values: dict[str, set] = {}
+    for rows in runs.values():
+        for r in rows:
+            for k, v in r.items():
+                if _plottable(k, v):
+                    values.setdefault(k, set()).add(v)
+    varying = [k for k, seen in values.items() if len(seen) > 1]
+    if not varying:  # A single logged row still gets its panels.
+        varying = list(values)
+    rank = {k: i for i, k in enumerate(LEADING)}
+    return sorted(varying, key=lambda k: (rank.get(k, len(LEADING)), k))
 
 
 def plot_curves(rows: Sequence[dict], path: str | os.PathLike, title: str = "") -> None:
