@@ -28,8 +28,10 @@ Bring two things (nothing is downloaded at run time):
 
 2. A local Hugging Face checkpoint (config.json, safetensors, tokenizer.json) of
    a Llama- or Qwen-family model fine-tuned on the chosen dialogues (the paper's
-   Pythia 2.8B is an architecture rl_lm does not implement). Its config.json
-   sets the model shape; its weights are the starting policy and the reference.
+   Pythia 2.8B is an architecture rl_lm does not implement). `checkpoint=DIR`
+   sets init.hf_dir=DIR: its config.json sets the model shape, its tokenizer is
+   the run's, and its weights are the starting policy and the reference (see
+   rl_lm/train/hf_start.py).
 
     python -m launch.train --config=configs/dpo_hh.py:checkpoint=/models/qwen-hh-sft \
         --workdir=runs/dpo_hh
@@ -42,23 +44,12 @@ CPU smoke run (tiny model, byte tokenizer, synthetic pairs; needs no files):
     python -m launch.train --config=configs/dpo_hh.py:runlocal --workdir=/tmp/dpo_hh_smoke
 """
 
-import dataclasses
-
 import ml_collections
 from ml_collections import config_dict
 
 from configs import base
 from rl_lm.algos import dpo_loss
-from rl_lm.models.hf_config import config_from_hf
-
-
-def _checkpoint_model(path: str) -> ml_collections.ConfigDict:
-    """The model section of a Hugging Face checkpoint's config.json."""
-    fields = dataclasses.asdict(config_from_hf(path))
-    fields["rope_scaling"] = fields["rope_scaling"] and dict(fields["rope_scaling"])
-    if fields["rope_scaling"] is None:
-        fields["rope_scaling"] = config_dict.placeholder(dict)
-    return ml_collections.ConfigDict({**fields, "max_seq_len": 512, "remat": "full"})
+from rl_lm.train import hf_start
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -66,7 +57,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if not (arg.runlocal or arg.checkpoint):
         raise ValueError(
             "configs/dpo_hh.py needs the SFT model to start from: "
-            "--config=configs/dpo_hh.py:checkpoint=/path/to/hf_checkpoint (see its docstring)."
+            "--config=configs/dpo_hh.py:checkpoint=/path/to/hf_checkpoint (it sets "
+            "init.hf_dir; see its docstring)."
         )
     config = base.experiment(
         "dpo",
@@ -102,8 +94,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.dpo.ref_batch_size = 32
         config.optim.update(lr=1e-4, warmup_steps=2)
         config.train = base.train(num_steps=4, log_every=2, eval_every=2, ckpt_every=2)
-    else:
-        config.tokenizer = arg.checkpoint
-        config.model = _checkpoint_model(arg.checkpoint)
+    else:  # The shape and the tokenizer are the checkpoint's (hf_start.resolve).
+        config.model = base.model("tiny", max_seq_len=512, remat="full")
     config.lock()
-    return config
+    return hf_start.resolve(config)

@@ -8,12 +8,16 @@ Save it as an orbax params checkpoint plus model_config.json, and back:
     python -m launch.convert --hf_dir=/ckpt/Qwen2.5-0.5B --to=params --out=/tmp/p
     python -m launch.convert --params_dir=/tmp/p --out=/tmp/q \
         --tokenizer=/ckpt/Qwen2.5-0.5B
+
+A training run's workdir is exported by launch.export instead:
+    python -m launch.export --workdir=runs/sft --out=/tmp/q
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import jax
@@ -39,6 +43,20 @@ _MAX_SHARD_GB = flags.DEFINE_float("max_shard_gb", 5.0, "Largest safetensors fil
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a non-empty --out.")
 
 
+def _check_params_dir(path: Path) -> None:
+    """Exits with one line when `path` is not a --to=params output (e.g. a run's workdir)."""
+    if not (path / "model_config.json").is_file():
+        if (path / "config.json").is_file() and (path / "checkpoints").is_dir():
+            sys.exit(
+                f"--params_dir={path} is a training run's workdir, not a params directory; "
+                f"export it with: python -m launch.export --workdir={path} --out=DIR"
+            )
+        sys.exit(
+            f"--params_dir={path} has no model_config.json; pass a directory written by "
+            "--to=params (or a run's workdir to python -m launch.export --workdir=...)."
+        )
+
+
 def _read_params(path: Path, dtype: str | None) -> tuple[dict, ModelConfig]:
     cfg = ModelConfig(**json.loads((path / "model_config.json").read_text()))
     if dtype:
@@ -60,6 +78,8 @@ def main(argv):
     del argv
     if (_HF_DIR.value is None) == (_PARAMS_DIR.value is None):
         raise app.UsageError("Pass exactly one of --hf_dir and --params_dir.")
+    if _PARAMS_DIR.value:
+        _check_params_dir(Path(_PARAMS_DIR.value).expanduser())
     logging.info("devices: %s", jax.devices())
     tokenizer = _TOKENIZER.value
     if tokenizer is None and _HF_DIR.value and (Path(_HF_DIR.value) / "tokenizer.json").is_file():

@@ -4,6 +4,8 @@
 
 Restarting the same command resumes from the workdir's latest checkpoint;
 --print_config lists every field of the config (with the overrides) and exits.
+With --config.init.hf_dir=DIR the model sections and the tokenizer come from the
+Hugging Face checkpoint in DIR (see rl_lm.train.hf_start).
 One process of a multi-process (multi-host) run also passes the coordinator,
 either as flags or as JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID:
 
@@ -22,7 +24,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rl_lm import parallel
-from rl_lm.train import loop, preflight
+from rl_lm.train import hf_start, loop, preflight
 from rl_lm.train.report import RunError
 
 _DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "grpo_arith.py"
@@ -39,8 +41,13 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process.")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        overrides = config_flags.get_override_values(flags.FLAGS["config"])
+        config = hf_start.resolve(_CONFIG.value, overrides)
+    except RunError as e:
+        sys.exit(str(e))
     if _PRINT_CONFIG.value:
-        for key, value in preflight.flatten(_CONFIG.value).items():
+        for key, value in preflight.flatten(config).items():
             print(f"{key} = {value!r}")
         return
     loop.quiet_library_logs()
@@ -50,12 +57,12 @@ def main(argv):
     logging.info(
         "config %s, algo %s, workdir %s",
         flags.FLAGS["config"].config_filename,
-        _CONFIG.value.algo,
+        config.algo,
         workdir,
     )
     print(f"Run directory: {workdir}", flush=True)
     try:
-        loop.train(_CONFIG.value, workdir)
+        loop.train(config, workdir)
     except RunError as e:
         sys.exit(str(e))
 

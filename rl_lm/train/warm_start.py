@@ -4,12 +4,14 @@ RL recipes start from a supervised policy. A config says where it comes from
 with its `init` section (see configs/base.py `init()`):
 
 - `init.workdir`: the latest checkpoint of a finished run's workdir;
-- `init.hf_dir`: a local Hugging Face checkpoint directory;
+- `init.hf_dir`: a local Hugging Face checkpoint directory (the launcher takes
+  the model sections and tokenizer from it first, see `rl_lm.train.hf_start`);
 - otherwise, when the config has a `warm_start` sub-config (a whole experiment,
   e.g. SFT), that experiment is run first in WORKDIR/warm_start (resumable like
   any run) and its final parameters are taken.
 
-The parameters come back on the host as a plain dict; the algorithm places them
+Either of the first two replaces the warm-start stage: it does not run. The
+parameters come back on the host as a plain dict; the algorithm places them
 into its sharded state (`make_trainer(config, mesh, init_from=params)`).
 """
 
@@ -23,6 +25,7 @@ from absl import logging
 
 from rl_lm.algos import common
 from rl_lm.models.transformer import init_params
+from rl_lm.train.hf_start import check_tokenizer
 from rl_lm.train.report import ConfigError, announce
 
 WARM_START_DIR = "warm_start"
@@ -45,7 +48,7 @@ def _load_run_params(workdir: Path) -> Any:
 _TRUNK = ("embed", "layers", "final_norm")
 
 
-def _check_shapes(params: Any, config: Any, source: str) -> None:
+def _check_shapes(params: Any, config: Any, source: str, hint: str = "") -> None:
     """The transformer trunk must match; heads may differ (e.g. an RM from an SFT policy)."""
     expected = jax.eval_shape(
         lambda: init_params(common.model_config(config.model), jax.random.key(0))
@@ -55,7 +58,7 @@ def _check_shapes(params: Any, config: Any, source: str) -> None:
     if got != want:
         raise ConfigError(
             f"The parameters of {source} do not match config.model: expected {want}, got "
-            f"{got}. Use the same model settings as the run you start from."
+            f"{got}. {hint or 'Use the same model settings as the run you start from.'}"
         )
 
 
@@ -71,7 +74,12 @@ def initial_params(config: Any, workdir: Path, resuming: bool) -> Any | None:
       workdir: its run directory.
       resuming: the run already has a checkpoint (then nothing is loaded: the
         checkpoint holds the state).
+
+    Raises:
+      ConfigError: for a tokenizer that does not fit config.model (naming
+        --config.tokenizer), or parameters of another shape than config.model's.
     """
+    check_tokenizer(config)
     if resuming:
         return None
     init = config.get("init")
@@ -82,8 +90,10 @@ def initial_params(config: Any, workdir: Path, resuming: bool) -> Any | None:
     if init is not None and init.get("hf_dir"):
         from rl_lm.models.hf import load_hf_checkpoint
 
-        params, cfg = load_hf_checkpoint(init.hf_dir)
-        _check_shapes(params, config, f"init.hf_dir={init.hf_dir}")
+        dtype = config.model.get("param_dtype")
+        params, cfg = load_hf_checkpoint(init.hf_dir, dtype)
+        hint = "launch.train takes config.model from it (rl_lm.train.hf_start.resolve)."
+        _check_shapes(params, config, f"init.hf_dir={init.hf_dir}", hint)
         logging.info("Hugging Face model config: %s", cfg)
         announce(f"Starting from the Hugging Face checkpoint {init.hf_dir}.")
         return params
