@@ -42,27 +42,30 @@ def _run(module, *flags, data_dir=None):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Family -> (source checkpoint, workdir of 2 SFT steps started from it by hf_dir alone)."""
-    root = tmp_path_factory.mktemp("export")
-    out = {}
-    for family, overrides in FAMILIES.items():
-        source = hf_fixtures.make_checkpoint(root / f"{family}_hf", family, **overrides)
-        workdir = root / f"{family}_run"
-        done = _run(
-            "launch.train",
-            "--config=configs/sft_arith.py:runlocal",
-            f"--config.init.hf_dir={source}",
-            f"--workdir={workdir}",
-            "--config.train.num_steps=2",
-            "--config.train.eval_every=2",
-            "--config.train.ckpt_every=2",
-            data_dir=root / "data",
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert f"Starting from the Hugging Face checkpoint {source}." in done.stdout
-        out[family] = source, workdir
-    return out
+def sources(tmp_path_factory):
+    """Family -> a tiny Hugging Face checkpoint directory with its tokenizer."""
+    root = tmp_path_factory.mktemp("hf")
+    return {
+        family: hf_fixtures.make_checkpoint(root / family, family, **overrides)
+        for family, overrides in FAMILIES.items()
+    }
+
+
+def _train_from(source, workdir, data_dir):
+    """2 SFT steps started from `source` by --config.init.hf_dir alone."""
+    done = _run(
+        "launch.train",
+        "--config=configs/sft_arith.py:runlocal",
+        f"--config.init.hf_dir={source}",
+        f"--workdir={workdir}",
+        "--config.train.num_steps=2",
+        "--config.train.eval_every=2",
+        "--config.train.ckpt_every=2",
+        data_dir=data_dir,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Starting from the Hugging Face checkpoint {source}." in done.stdout
+    return workdir
 
 
 def _our_logits(params, cfg, ids):
@@ -76,8 +79,9 @@ def _their_logits(model, ids):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_a_run_from_hf_dir_exports_to_transformers(runs, family, tmp_path):
-    source, workdir = runs[family]
+def test_a_run_from_hf_dir_exports_to_transformers(sources, family, tmp_path_factory, tmp_path):
+    source = sources[family]
+    workdir = _train_from(source, tmp_path / "run", tmp_path_factory.getbasetemp() / "data")
     assert not (workdir / "warm_start").exists()  # sft_arith has none; hf_dir needs none.
     out = tmp_path / "export"
     done = _run("launch.export", f"--workdir={workdir}", f"--out={out}")
@@ -137,8 +141,8 @@ def test_a_from_scratch_run_exports_the_model_only(tmp_path):
     )
 
 
-def test_a_ppo_run_exports_its_policy_without_the_value_head(runs, tmp_path):
-    source, _ = runs["qwen2"]
+def test_a_ppo_run_exports_its_policy_without_the_value_head(sources, tmp_path):
+    source = sources["qwen2"]
     config = ppo_arith.get_config("runlocal")
     config.init.hf_dir = str(source)
     config.ppo.critic = "value_head"
@@ -154,23 +158,25 @@ def test_a_ppo_run_exports_its_policy_without_the_value_head(runs, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_errors_are_one_line_and_change_nothing(runs, tmp_path):
-    _, workdir = runs["llama"]
+def test_errors_are_one_line_and_change_nothing(tmp_path):
+    config = sft_arith.get_config("runlocal")
+    params = init_params(analysis.model_config(config), jax.random.PRNGKey(0))
+    workdir = _fake_run(tmp_path / "run", config, params)
+    fresh = tmp_path / "fresh"
+    loop.check_config(config, fresh)
     out = tmp_path / "out"
-    cases = {
-        str(tmp_path / "nope"): f"run directory {tmp_path / 'nope'} does not exist.",
-        str(workdir) + ":5": f"{workdir} has no checkpoint of step 5; saved steps: [2] (a run "
-        "keeps only its last train.keep checkpoints).",
-    }
-    (tmp_path / "fresh").mkdir()
-    loop.check_config(sft_arith.get_config("runlocal"), tmp_path / "fresh")
-    cases[str(tmp_path / "fresh")] = f"{tmp_path / 'fresh'} has no checkpoint yet;"
-    for spec, message in cases.items():
-        path, _, step = spec.partition(":")
+    listing = lambda: sorted(str(p) for p in tmp_path.rglob("*"))
+    before = listing()
+    cases = [
+        (tmp_path / "nope", None, f"run directory {tmp_path / 'nope'} does not exist."),
+        (workdir, 5, f"{workdir} has no checkpoint of step 5; saved steps: [3] (a run "),
+        (fresh, None, f"{fresh} has no checkpoint yet; runs save every train.ckpt_every "),
+    ]
+    for path, step, message in cases:
         with pytest.raises((FileNotFoundError, ValueError)) as e:
-            export.export(path, str(out), int(step) if step else None)
+            export.export(str(path), str(out), step)
         assert str(e.value).startswith(message)
-        assert not out.exists()
+    assert listing() == before
     out.mkdir()
     (out / "notes.txt").write_text("kept")
     done = _run("launch.export", f"--workdir={workdir}", f"--out={out}")
