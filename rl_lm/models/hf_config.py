@@ -166,7 +166,9 @@ def config_to_hf(cfg: ModelConfig, model_type: str | None = None, dtype: str | N
       dtype: the dtype the weights are written in; default cfg.param_dtype.
 
     Returns:
-      The config as a dict, readable by transformers 4.x and 5.x.
+      The config as a dict, readable by transformers 4.x and 5.x. Its
+      max_position_embeddings is cfg.max_seq_len: to keep a source checkpoint's
+      longer context, pass cfg.replace(max_seq_len=...) (launch.export does).
 
     Raises:
       ValueError: if `model_type` cannot express `cfg` (e.g. qk_norm outside qwen3).

@@ -144,11 +144,14 @@ def test_dpo_hh_checkpoint_argument_sets_hf_dir(checkpoints):
     )
 
 
-def _launch(*flags):
+def _launch(*flags, data_dir=None):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if data_dir is not None:
+        env["RL_LM_DATA_DIR"] = str(data_dir)
     return subprocess.run(
         [sys.executable, "-m", "launch.train", *flags],
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
@@ -171,3 +174,23 @@ def test_the_launcher_prints_the_resolved_config_and_rejects_a_contradiction(che
         f"--config.model.num_layers=3 contradicts the checkpoint init.hf_dir={path} "
         "(num_layers=2); drop the flag: the checkpoint fixes the model's shape.\n"
     )
+
+
+# One config per algorithm family that has an init section (nash_rps has none).
+ALGO_CONFIGS = ["grpo_synthetic", "ppo_arith", "dpo_synthetic", "rm_synthetic", "prm_chain"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALGO_CONFIGS)
+def test_every_algorithm_starts_from_hf_dir_alone(checkpoints, name, tmp_path):
+    out = _launch(
+        f"--config=configs/{name}.py:runlocal",
+        f"--config.init.hf_dir={checkpoints['qwen2']}",
+        f"--workdir={tmp_path / 'run'}",
+        "--config.train.num_steps=1",
+        data_dir=tmp_path / "data",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"Starting from the Hugging Face checkpoint {checkpoints['qwen2']}." in out.stdout
+    assert "Finished step 1" in out.stdout
+    assert not (tmp_path / "run" / warm_start.WARM_START_DIR).exists()
