@@ -19,6 +19,7 @@ explicit max_seq_len above its context, is a `ConfigError` naming both values.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -72,57 +73,73 @@ def _leaf(value: Any, subpath: list[str]) -> Any:
     return value
 
 
-def _fill_model(
-    section: Any, prefix: str, ckpt: ModelConfig, hf_dir: str, explicit: Mapping[str, Any]
-) -> None:
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """What a config is filled from: the checkpoint and the command line."""
+
+    hf_dir: str
+    ckpt: ModelConfig
+    explicit: Mapping[str, Any]
+    tokenizer: str
+    # (id of a model section, dtype field) set explicitly; sections may be shared objects.
+    kept: frozenset[tuple[int, str]]
+
+
+def _fill_model(section: Any, prefix: str, src: _Source) -> None:
     """Sets the checkpoint's fields in a model section (in place), checking explicit values."""
-    fields = _model_fields(ckpt)
-    mine = {k[len(prefix) :]: v for k, v in explicit.items() if k.startswith(prefix)}
+    fields, ctx = _model_fields(src.ckpt), src.ckpt.max_seq_len
+    mine = {k[len(prefix) :]: v for k, v in src.explicit.items() if k.startswith(prefix)}
     for key, value in mine.items():
         name, *sub = key.split(".")
         if name in SHAPE_FIELDS and value != _leaf(fields[name], sub):
             raise ConfigError(
                 f"--config.{prefix}{key}={value!r} contradicts the checkpoint init.hf_dir="
-                f"{hf_dir} ({key}={_leaf(fields[name], sub)!r}); drop the flag: the "
+                f"{src.hf_dir} ({key}={_leaf(fields[name], sub)!r}); drop the flag: the "
                 "checkpoint fixes the model's shape."
             )
-    if "max_seq_len" in mine and mine["max_seq_len"] > ckpt.max_seq_len:
+    if "max_seq_len" in mine and mine["max_seq_len"] > ctx:
         raise ConfigError(
             f"--config.{prefix}max_seq_len={mine['max_seq_len']} exceeds the context of the "
-            f"checkpoint init.hf_dir={hf_dir} (max_position_embeddings={ckpt.max_seq_len}); "
-            f"use at most {ckpt.max_seq_len}."
+            f"checkpoint init.hf_dir={src.hf_dir} (max_position_embeddings={ctx}); "
+            f"use at most {ctx}."
         )
     for name in DTYPE_FIELDS:
-        if name in mine:
+        if (id(section), name) in src.kept:
             del fields[name]
     if not section.get("lm_head", True):
         fields["tie_embeddings"] = False  # A scalar-head model has no output projection to tie.
-    fields["max_seq_len"] = min(section.max_seq_len, ckpt.max_seq_len)
+    fields["max_seq_len"] = min(section.max_seq_len, ctx)
     for name, value in fields.items():
         section[name] = value
 
 
-def _fill(
-    config: Any,
-    prefix: str,
-    ckpt: ModelConfig,
-    hf_dir: str,
-    explicit: Mapping[str, Any],
-    tokenizer: str,
-) -> None:
+def _fill(config: Any, prefix: str, src: _Source) -> None:
     """Fills an experiment config's model sections and tokenizer, and those of its stages."""
     if "tokenizer" in config:
-        config.tokenizer = tokenizer
+        config.tokenizer = src.tokenizer
     if config.get("model") is not None:
-        _fill_model(config.model, f"{prefix}model.", ckpt, hf_dir, explicit)
+        _fill_model(config.model, f"{prefix}model.", src)
     rm = config.get("reward_model")
     if rm is not None and rm.get("model") is not None:
-        _fill_model(rm.model, f"{prefix}reward_model.model.", ckpt, hf_dir, explicit)
+        _fill_model(rm.model, f"{prefix}reward_model.model.", src)
     stages = [("warm_start", config.get("warm_start"))]
     stages.append(("reward_model.stage", rm.get("stage") if rm is not None else None))
     for name, stage in stages:
         if stage is not None:
-            _fill(stage, f"{prefix}{name}.", ckpt, hf_dir, explicit, tokenizer)
+            _fill(stage, f"{prefix}{name}.", src)
+
+
+def _explicit_dtypes(config: Any, explicit: Mapping[str, Any]) -> frozenset[tuple[int, str]]:
+    """(id of the section, field) of each dtype field set on the command line."""
+    kept = set()
+    for key in explicit:
+        *path, name = key.split(".")
+        node = config
+        for part in path:
+            node = node.get(part) if hasattr(node, "to_dict") else None
+        if name in DTYPE_FIELDS and node is not None:
+            kept.add((id(node), name))
+    return frozenset(kept)
 
 
 def resolve(config: Any, explicit: Mapping[str, Any] | None = None) -> Any:
@@ -149,7 +166,10 @@ def resolve(config: Any, explicit: Mapping[str, Any] | None = None) -> Any:
     explicit = dict(explicit or {})
     ckpt = checkpoint_config(hf_dir)
     config = copy.deepcopy(config)
-    _fill(config, "", ckpt, hf_dir, explicit, explicit.get("tokenizer", hf_dir))
+    tokenizer = explicit.get("tokenizer", hf_dir)
+    _fill(
+        config, "", _Source(hf_dir, ckpt, explicit, tokenizer, _explicit_dtypes(config, explicit))
+    )
     return config
 
 

@@ -78,13 +78,15 @@ def test_heads_and_a_longer_context_stay_the_configs(checkpoints):
 
 
 def test_explicit_values_that_agree_or_are_the_runs_own_are_kept(checkpoints):
-    config = _from(sft_arith, checkpoints["qwen2"])
+    config = _from(grpo_arith, checkpoints["qwen2"])
+    assert config.warm_start.model is config.model  # As an override sets them: both.
     config.model.update(param_dtype="bfloat16", max_seq_len=16, remat="full")
     explicit = {"model.param_dtype": "bfloat16", "model.max_seq_len": 16, "model.dim": 32}
     explicit["tokenizer"] = str(checkpoints["llama"])  # Same vocabulary, another directory.
     resolved = hf_start.resolve(config, explicit)
     assert (resolved.model.param_dtype, resolved.model.dtype) == ("bfloat16", "float32")
     assert (resolved.model.max_seq_len, resolved.model.remat) == (16, "full")
+    assert resolved.warm_start.model.to_dict() == resolved.model.to_dict()
     assert resolved.tokenizer == str(checkpoints["llama"])
 
 
