@@ -15,6 +15,7 @@ EOS, never on BOS, the prompt or padding.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -92,34 +93,84 @@ def _batches(
     return iter(local.to_iter_dataset(_READ_OPTIONS))
 
 
-def _bos(tokenizer) -> list[int]:
-    return [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+def _bos(tokenizer, ids: Sequence[int] = ()) -> list[int]:
+    """[BOS], or [] when the tokenizer has none or `ids` (a rendered chat) starts with it."""
+    bos = tokenizer.bos_id
+    return [] if bos is None or (len(ids) and ids[0] == bos) else [bos]
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """[BOS] + prompt, the row a prompt is sampled from (no second BOS after a chat's)."""
+    body = tokenizer.encode(prompt)
+    return _bos(tokenizer, body) + body
+
+
+def target_ids(tokenizer, prompt: str, response: str) -> tuple[list[int], int]:
+    """[BOS] + prompt + response + [EOS], and the length of its [BOS] + prompt context."""
+    context = prompt_ids(tokenizer, prompt)
+    return context + tokenizer.encode(response) + [tokenizer.eos_id], len(context)
+
+
+def chat_ids(tokenizer, messages: str | Sequence[dict]) -> tuple[list[int], list[int]]:
+    """[BOS] + a rendered conversation (JSON text or a list), and its assistant-turn mask.
+
+    No EOS is appended: each assistant turn ends with the template's end-of-turn
+    token, which is in the mask (see `rl_lm.data.chat.chat_tokens`).
+    """
+    from rl_lm.data import chat  # Deferred: only conversations need jinja2.
+
+    if isinstance(messages, str):
+        messages = json.loads(messages)
+    ids, mask = chat.chat_tokens(tokenizer, messages)
+    bos = _bos(tokenizer, ids)
+    return bos + ids, [0] * len(bos) + mask
 
 
 def _target_row(
     tokenizer, index: int, prompt: str, response: str, max_len: int, truncate: bool, name: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """[BOS] + prompt + response + [EOS], right-padded, and its loss mask."""
-    context = _bos(tokenizer) + tokenizer.encode(prompt)
-    row = context + tokenizer.encode(response) + [tokenizer.eos_id]
+    row, context = target_ids(tokenizer, prompt, response)
+    return _padded_row(tokenizer, index, row, context, None, max_len, truncate, name)
+
+
+def _padded_row(tokenizer, index, row, context, mask, max_len, truncate, name):
+    """`row` right-padded to max_len; its mask is `mask`, or 1 from `context` on."""
     if len(row) > max_len and not truncate:
         raise ValueError(
-            f"example {index}: [BOS] + prompt + {name} + [EOS] is {len(row)} tokens, more "
-            f"than max_len={max_len}; raise data.max_len or pass truncate=True (which cuts "
+            f"example {index}: [BOS] + {name} is {len(row)} tokens, more than "
+            f"max_len={max_len}; raise data.max_len or pass truncate=True (which cuts "
             "the end of the row, EOS included)."
         )
     row = row[:max_len]
     tokens_T = np.full(max_len, tokenizer.pad_id, dtype=np.int32)
     tokens_T[: len(row)] = row
     mask_T = np.zeros(max_len, dtype=np.int32)
-    mask_T[len(context) : len(row)] = 1
+    if mask is None:
+        mask_T[context : len(row)] = 1
+    else:
+        mask_T[: len(row)] = mask[:max_len]
+        mask_T[0] = 0  # Position 0 is never a target (a conversation opening with its reply).
     return tokens_T, mask_T
 
 
 def _sft_row(tokenizer, max_len, truncate, index, ex):
-    tokens_T, mask_T = _target_row(
-        tokenizer, index, _text(ex["prompt"]), _text(ex["response"]), max_len, truncate, "response"
-    )
+    messages = _text(ex.get("messages", ""))
+    if messages:
+        row, mask = chat_ids(tokenizer, messages)
+        tokens_T, mask_T = _padded_row(
+            tokenizer, index, row, 0, mask, max_len, truncate, "conversation"
+        )
+    else:
+        tokens_T, mask_T = _target_row(
+            tokenizer,
+            index,
+            _text(ex["prompt"]),
+            _text(ex["response"]),
+            max_len,
+            truncate,
+            "prompt + response + [EOS]",
+        )
     return {"tokens": tokens_T, "loss_mask": mask_T}
 
 
@@ -128,14 +179,14 @@ def _preference_row(tokenizer, max_len, truncate, index, ex):
     out = {}
     for side in ("chosen", "rejected"):
         out[side], out[f"{side}_mask"] = _target_row(
-            tokenizer, index, prompt, _text(ex[side]), max_len, truncate, side
+            tokenizer, index, prompt, _text(ex[side]), max_len, truncate, f"prompt + {side} + [EOS]"
         )
     return out
 
 
 def _prompt_row(tokenizer, max_prompt_len, truncate, index, ex):
+    row = prompt_ids(tokenizer, _text(ex["prompt"]))
     bos = _bos(tokenizer)
-    row = bos + tokenizer.encode(_text(ex["prompt"]))
     if len(row) > max_prompt_len:
         if not truncate:
             raise ValueError(

@@ -31,6 +31,10 @@ class Tokenizer(abc.ABC):
         eos_id: the end-of-sequence id appended by `add_eos`.
         eos_ids: every id that ends a sequence (`eos_id` first); chat models often
             have several (e.g. end-of-turn and end-of-text).
+        chat_template: the Jinja chat template of the checkpoint, or None (see
+            `rl_lm.data.chat`).
+        special_tokens: the named special tokens as text ({"bos_token": ..., ...}),
+            the variables a chat template sees besides the messages.
     """
 
     vocab_size: int
@@ -38,6 +42,8 @@ class Tokenizer(abc.ABC):
     bos_id: int | None
     eos_id: int
     eos_ids: tuple[int, ...]
+    chat_template: str | None = None
+    special_tokens: dict[str, str] = {}
 
     @abc.abstractmethod
     def _encode_text(self, text: str) -> list[int]:
@@ -252,6 +258,35 @@ def _token_content(value: Any) -> str | None:
     return value
 
 
+# The named special tokens a chat template sees, as transformers' special_tokens_map.
+_NAMED_TOKENS = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+
+
+def _chat_template(directory: Path, tok_config: dict[str, Any]) -> str | None:
+    """The template of chat_template.jinja, else tokenizer_config.json's chat_template.
+
+    A list of named templates (older checkpoints) yields the one named "default".
+    """
+    jinja_file = directory / "chat_template.jinja"
+    if jinja_file.is_file():
+        return jinja_file.read_text(encoding="utf-8")
+    template = tok_config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        if "default" not in named:
+            raise ValueError(
+                f"{directory / 'tokenizer_config.json'} lists chat templates {sorted(named)} "
+                "but none named 'default'; name the one to use 'default'."
+            )
+        template = named["default"]
+    if template is not None and not isinstance(template, str):
+        raise ValueError(
+            f"chat_template in {directory / 'tokenizer_config.json'} must be a string or a "
+            f"list of named templates, got {type(template).__name__}."
+        )
+    return template
+
+
 def _id_list(value: Any) -> list[int]:
     if value is None:
         return []
@@ -348,6 +383,14 @@ class HFTokenizer(Tokenizer):
         vocab_ids = self._tok.get_vocab(with_added_tokens=True).values()
         self.vocab_size = max([*vocab_ids, *self.special_ids]) + 1
 
+        self.chat_template = _chat_template(directory, tok_files[0])
+        self.special_tokens = {}
+        for role in _NAMED_TOKENS:
+            key = f"{role}_token"
+            value = next((f[key] for f in tok_files if key in f), None)
+            if _token_content(value) is not None:
+                self.special_tokens[key] = _token_content(value)
+
     def _token_id(self, content: str, key: str) -> int:
         token_id = self._tok.token_to_id(content)
         if token_id is None:
@@ -365,6 +408,11 @@ class HFTokenizer(Tokenizer):
 
     def _decode_ids(self, ids: list[int], skip_special: bool) -> str:
         return self._tok.decode(ids, skip_special_tokens=skip_special)
+
+    def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids of `text` (as `encode`) and each token's (start, end) character span."""
+        encoding = self._tok.encode(text, add_special_tokens=False)
+        return encoding.ids, encoding.offsets
 
     def __repr__(self) -> str:
         return f"HFTokenizer({str(self.path)!r})"

@@ -6,8 +6,10 @@ import re
 import pytest
 
 from rl_lm.data import __main__ as data_main
-from rl_lm.data import jsonl, registry
+from rl_lm.data import jsonl, pipeline, registry
 from rl_lm.data.pipeline import eval_examples
+from rl_lm.models.tokenizer import ByteTokenizer
+from tests import chat_fixtures
 
 
 def _write(path, lines):
@@ -95,7 +97,7 @@ def test_not_prepared_error_says_how(tmp_path):
         registry.load_source("jsonl/mine", "train", data_dir=tmp_path)
     msg = str(e.value)
     assert "jsonl dataset 'jsonl/mine' is not prepared in" in msg
-    assert "prepare_jsonl('mine', kind='sft' or 'preference'" in msg
+    assert "prepare_jsonl('mine', kind='sft', 'preference' or 'prompt'" in msg
     assert "python -m rl_lm.data --dataset=jsonl/mine --kind=sft" in msg
     assert f"--data_dir={tmp_path}" in msg
 
@@ -107,3 +109,101 @@ def test_command_line(tmp_path, capsys):
     assert "jsonl/cli is prepared in" in capsys.readouterr().out
     assert len(registry.load_source("jsonl/cli", "train", data_dir=tmp_path)) == 1
     assert registry.dataset_name("jsonl", name="cli") == "jsonl/cli"
+
+
+def test_prompt_kind_feeds_prompt_batches_like_arithmetic(tmp_path):
+    """A prompt dataset is a drop-in GRPO/PPO source: the fields arithmetic's prompts have."""
+    rows = [
+        {"prompt": "1+2=", "answer": "3", "metadata": {"id": 7, "tag": "é"}},
+        {"prompt": "4+4=", "answer": "8"},
+    ]
+    train = _write(tmp_path / "train.jsonl", rows)
+    jsonl.prepare_jsonl(
+        "math", "prompt", train, train, data_dir=tmp_path, tokenizer="byte", max_prompt_len=8
+    )
+    source = registry.load_source("jsonl/math", "train", data_dir=tmp_path)
+    assert eval_examples(source) == [
+        {"prompt": "1+2=", "answer": "3", "metadata": '{"id": 7, "tag": "é"}'},
+        {"prompt": "4+4=", "answer": "8", "metadata": "{}"},
+    ]
+    arith = registry.load_source("arithmetic/add2", "train", data_dir=tmp_path)
+    tok = ByteTokenizer()
+    got, ref = (
+        next(pipeline.prompt_batches(s, tok, batch_size=2, max_prompt_len=8, seed=0))
+        for s in (source, arith)
+    )
+    assert {k: (v.dtype, v.shape) for k, v in got.items()} == {
+        k: (v.dtype, v.shape) for k, v in ref.items()
+    }
+    assert sorted(got["answer"]) == ["3", "8"]
+    row = list(got["prompt"][list(got["answer"]).index("3")])
+    assert row == [tok.pad_id, tok.pad_id, tok.pad_id, tok.bos_id, *b"1+2="]
+
+
+def test_prompt_kind_renders_messages_with_the_chat_template(tmp_path):
+    tok_dir = chat_fixtures.save_chat_tokenizer(tmp_path / "tok", "chatml")
+    messages = [{"role": "user", "content": "1+2?"}]
+    train = _write(tmp_path / "t.jsonl", [{"messages": messages, "answer": "3"}])
+    jsonl.prepare_jsonl("chat", "prompt", train, data_dir=tmp_path, tokenizer=str(tok_dir))
+    (ex,) = eval_examples(registry.load_source("jsonl/chat", "train", data_dir=tmp_path))
+    assert ex["prompt"] == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n1+2?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert (ex["answer"], ex["metadata"], json.loads(ex["messages"])) == ("3", "{}", messages)
+
+
+def test_prompt_kind_row_errors(tmp_path):
+    def fails(row, match, **kw):
+        path = _write(tmp_path / "bad.jsonl", [{"prompt": "ok", "answer": "1"}, row])
+        with pytest.raises(ValueError, match=re.escape(f"{path}, line 2: ") + match):
+            jsonl.prepare_jsonl("bad", "prompt", path, data_dir=tmp_path / "data", **kw)
+        assert not (tmp_path / "data").exists()
+
+    fails({"prompt": "q"}, "missing field 'answer'; a 'prompt' dataset needs prompt, answer")
+    fails({"prompt": "q", "answer": "1", "metadata": [1]}, "field 'metadata' must be a JSON")
+    msgs = [{"role": "user", "content": "q"}]
+    fails({"messages": msgs, "prompt": "q", "answer": "1"}, "a row has either messages or prompt")
+    fails({"messages": msgs, "answer": "1"}, "rows with messages .* pass the run's tokenizer")
+    fails({"messages": [{"role": "user"}], "answer": "1"}, "message 0 .* string 'content'")
+    fails({"messages": msgs, "answer": "1"}, "tokenizer .* has no chat template", tokenizer="byte")
+
+
+@pytest.mark.parametrize(
+    "kind,row,limit,match",
+    [
+        ("prompt", {"prompt": "x" * 8, "answer": "1"}, {"max_prompt_len": 8}, "[BOS] + prompt"),
+        ("sft", {"prompt": "ab", "response": "x" * 5}, {"max_len": 8}, "[BOS] + prompt + response"),
+        (
+            "preference",
+            {"prompt": "ab", "chosen": "c", "rejected": "x" * 5},
+            {"max_len": 8},
+            "[BOS] + prompt + rejected + [EOS]",
+        ),
+    ],
+)
+def test_over_long_rows_fail_at_prepare_time(tmp_path, kind, row, limit, match):
+    """The row's file, line, length and the limit; and no dataset (not even a partial one)."""
+    ok = {"prompt": "a", "answer": "1", "response": "b", "chosen": "c", "rejected": "d"}
+    path = _write(tmp_path / "long.jsonl", [ok, "", row])
+    ((name, value),) = limit.items()
+    with pytest.raises(ValueError) as e:
+        jsonl.prepare_jsonl(
+            "long", kind, path, data_dir=tmp_path / "data", tokenizer="byte", **limit
+        )
+    assert str(e.value).startswith(f"{path}, line 3: {match}")
+    assert f"is 9 tokens, more than {name}={value}" in str(e.value)
+    assert not (tmp_path / "data").exists()
+    jsonl.prepare_jsonl("long", kind, path, data_dir=tmp_path / "data", tokenizer="byte")
+    with pytest.raises(ValueError, match="line 3"):  # An existing dataset stays as it was.
+        jsonl.prepare_jsonl(
+            "long",
+            kind,
+            path,
+            data_dir=tmp_path / "data",
+            overwrite=True,
+            tokenizer="byte",
+            **limit,
+        )
+    assert len(registry.load_source("jsonl/long", "train", data_dir=tmp_path / "data")) == 2
+    assert [p.name for p in (tmp_path / "data" / "jsonl" / "long").iterdir()] == ["1.0.0"]
