@@ -1,7 +1,9 @@
 """Supervised fine-tuning: masked next-token loss on the responses.
 
 loss = -sum_{n,t} m[n,t] log p(x[n,t] | x[n,<t]) / sum_{n,t} m[n,t], where m is the
-batch's loss_mask (1 on response tokens and their EOS). The denominator counts
+batch's loss_mask (1 on response tokens and their EOS; for a conversation row of a
+JSONL sft dataset, on its assistant turns, rendered with the tokenizer's chat
+template: see `rl_lm.data.chat.chat_tokens`). The denominator counts
 the target tokens of the whole optimizer batch, so microbatching and sharding
 leave the gradient unchanged.
 """
@@ -17,7 +19,7 @@ from jax.sharding import Mesh
 
 from rl_lm import parallel
 from rl_lm.algos import common, evaluation
-from rl_lm.data import load_source, sft_batches
+from rl_lm.data import chat, load_source, sft_batches
 from rl_lm.models.config import ModelConfig
 from rl_lm.models.tokenizer import check_vocab, load_tokenizer
 from rl_lm.models.transformer import Params, init_params, partition_specs
@@ -60,6 +62,8 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     common.check_batch_size(data.batch_size, mesh, train.num_microbatches, "data.batch_size")
     train_source = load_source(data.name, "train", data_dir=data.data_dir)
     test_source = load_source(data.name, "test", data_dir=data.data_dir)
+    if "messages" in train_source[0]:  # Conversations: fail now, not at the first batch.
+        chat.require_template(tokenizer)
 
     optimizer = common.make_optimizer(config.optim, train.num_steps)
     param_specs = partition_specs(cfg, config.rules)

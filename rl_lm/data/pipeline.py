@@ -9,7 +9,7 @@ a pure function of (seed, step): resuming after a crash is `start_step=step`.
 
 Rows follow one convention: position t of `tokens` is a training target
 predicted from tokens < t, so a loss mask is 1 exactly on the response and its
-EOS, never on BOS, the prompt or padding.
+EOS (in a conversation, on the assistant turns), never on BOS, the prompt or padding.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ def _check_source(source: Sequence, fields: tuple[str, ...], caller: str) -> Non
     if missing:
         raise ValueError(
             f"{caller} needs examples with fields {list(fields)}, but {source!r:.200} has "
-            f"{sorted(source[0])} (missing {missing}); sft and prompt batches take an "
-            "sft dataset (arithmetic or jsonl kind 'sft'), preference batches a "
-            "'preference' one."
+            f"{sorted(source[0])} (missing {missing}); sft batches take an sft dataset "
+            "(arithmetic or jsonl kind 'sft'), prompt batches an sft or 'prompt' one, "
+            "preference batches a 'preference' one."
         )
 
 
@@ -214,10 +214,15 @@ def sft_batches(
     process_count: int = 1,
     truncate: bool = False,
 ) -> Iterator[Batch]:
-    """Endless supervised batches of prompt + response rows.
+    """Endless supervised batches of prompt + response rows, or of conversations.
+
+    An example whose "messages" (a conversation as JSON text) is non-empty becomes
+    [BOS] + the conversation rendered with the tokenizer's chat template, with the
+    loss on its assistant turns (`chat_ids`); the others, prompt + response.
 
     Args:
-        source: random-access examples with "prompt" and "response" (e.g. `load_source`).
+        source: random-access examples with "prompt" and "response", and optionally
+            "messages" (e.g. `load_source`).
         tokenizer: a `rl_lm.models.tokenizer.Tokenizer`.
         batch_size: the global batch B (a multiple of process_count).
         max_len: row length T.
@@ -230,7 +235,7 @@ def sft_batches(
     Returns:
         An iterator of {"tokens": int32 [B/P, T], "loss_mask": int32 [B/P, T]}; a row
         is [BOS] + prompt + response + [EOS] right-padded with pad_id, loss_mask is 1
-        on the response and EOS.
+        on the response and EOS (a conversation: on its assistant turns).
     """
     _check_source(source, ("prompt", "response"), "sft_batches")
     row_fn = functools.partial(_sft_row, tokenizer, max_len, truncate)

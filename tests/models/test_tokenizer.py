@@ -275,3 +275,30 @@ def test_hf_missing_files(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match=r"tokenizer\.json not found"):
         load_tokenizer(str(tmp_path))
+
+
+def test_chat_template_and_special_tokens(tmp_path, byte_tok):
+    assert byte_tok.chat_template is None and byte_tok.special_tokens == {}
+    config = {"eos_token": "</s>", "bos_token": {"content": "<s>"}, "pad_token": None}
+    _save_hf(tmp_path, tokenizer_config={**config, "chat_template": "{{ messages }}"})
+    tok = HFTokenizer(tmp_path)
+    assert tok.chat_template == "{{ messages }}"
+    assert tok.special_tokens == {"bos_token": "<s>", "eos_token": "</s>"}
+    named = [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]
+    _save_hf(tmp_path, tokenizer_config={**config, "chat_template": named})
+    assert HFTokenizer(tmp_path).chat_template == "D"
+    (tmp_path / "chat_template.jinja").write_text("J")  # transformers' newer layout wins.
+    assert HFTokenizer(tmp_path).chat_template == "J"
+    (tmp_path / "chat_template.jinja").unlink()
+    _save_hf(tmp_path, tokenizer_config={**config, "chat_template": named[:1]})
+    with pytest.raises(ValueError, match=r"\['tool_use'\] but none named 'default'"):
+        HFTokenizer(tmp_path)
+    _save_hf(tmp_path, tokenizer_config=config)
+    assert HFTokenizer(tmp_path).chat_template is None
+
+
+def test_hf_encode_offsets(tmp_path):
+    _save_hf(tmp_path, tokenizer_config={"eos_token": "</s>"})
+    tok = HFTokenizer(tmp_path)
+    ids, offsets = tok.encode_offsets("the cat")
+    assert ids == tok.encode("the cat") and offsets == [(0, 3), (4, 7)]

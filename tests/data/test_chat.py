@@ -1,0 +1,159 @@
+"""Chat templates: our rendering and ids equal transformers', and the assistant masks."""
+
+import json
+
+import numpy as np
+import pytest
+
+from rl_lm.data import chat, jsonl, pipeline, registry
+from rl_lm.models.tokenizer import ByteTokenizer, load_tokenizer
+from tests import chat_fixtures
+
+transformers = pytest.importorskip("transformers")
+
+SYSTEM = {"role": "system", "content": "Be brief."}
+CONVERSATIONS = {
+    "one user turn": [{"role": "user", "content": "hello to you"}],
+    "with system": [SYSTEM, {"role": "user", "content": "hello"}],
+    "multi-turn": [
+        SYSTEM,
+        {"role": "user", "content": "hello to you"},
+        {"role": "assistant", "content": "hell\n\nno"},
+        {"role": "user", "content": "  to é ✓ "},
+        {"role": "assistant", "content": "ok"},
+    ],
+}
+
+
+@pytest.fixture(scope="module", params=sorted(chat_fixtures.FAMILIES))
+def tokenizers(request, tmp_path_factory):
+    """(ours, transformers') of one family's saved tokenizer directory."""
+    path = chat_fixtures.save_chat_tokenizer(tmp_path_factory.mktemp("tok"), request.param)
+    return load_tokenizer(str(path)), transformers.AutoTokenizer.from_pretrained(path)
+
+
+def _hf_ids(hf, messages, add_generation_prompt):
+    out = hf.apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=add_generation_prompt
+    )
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+@pytest.mark.parametrize("add_generation_prompt", [False, True])
+@pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
+def test_render_and_ids_equal_transformers(tokenizers, conversation, add_generation_prompt):
+    ours, hf = tokenizers
+    messages = CONVERSATIONS[conversation]
+    assert ours.chat_template == hf.chat_template
+    text = chat.render(ours.chat_template, messages, add_generation_prompt, ours.special_tokens)
+    assert text == hf.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    assert ours.encode(text) == _hf_ids(hf, messages, add_generation_prompt)
+    if add_generation_prompt:
+        assert chat.render_prompt(ours, messages) == text
+
+
+def test_chat_tokens_equal_transformers_and_mask_is_the_assistant_text(tokenizers):
+    ours, hf = tokenizers
+    messages = CONVERSATIONS["multi-turn"]
+    ids, mask = chat.chat_tokens(ours, messages)
+    assert ids == _hf_ids(hf, messages, False) and len(mask) == len(ids)
+    end = {"llama3": "<|eot_id|>", "chatml": "<|im_end|>\n", "tiny": "</s>"}
+    family = next(f for f in end if ours.special_tokens["eos_token"] in end[f])
+    assistant = [i for i, m in zip(ids, mask, strict=True) if m]
+    reply_1 = "hell\n\nno" + end[family]
+    assert ours.decode(assistant, skip_special=False) == reply_1 + "ok" + end[family]
+
+
+def test_two_turn_masks_by_hand(tmp_path):
+    """Llama-3 layout: only each reply's content and its <|eot_id|> are targets."""
+    tok = load_tokenizer(str(chat_fixtures.save_chat_tokenizer(tmp_path, "llama3")))
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "to"},
+        {"role": "assistant", "content": "hell"},
+    ]
+    ids, mask = chat.chat_tokens(tok, messages)
+    pieces = [tok.decode([i], skip_special=False) for i in ids]
+    targets = [(p, m) for p, m in zip(pieces, mask, strict=True) if m]
+    # The merges make "hell" and "\n\n" one token each; "hello" is hell + o.
+    assert targets == [("hell", 1), ("o", 1), ("<|eot_id|>", 1), ("hell", 1), ("<|eot_id|>", 1)]
+    first = pieces.index("hell")
+    assert "".join(pieces[:first]) == chat.render_prompt(tok, messages[:1])
+    assert mask[:first] == [0] * first  # BOS, system and user turns, the reply's header.
+    second = first + 3 + pieces[first + 3 :].index("hell")
+    between = "<|start_header_id|>user<|end_header_id|>\n\nto<|eot_id|>"
+    assert (
+        "".join(pieces[first + 3 : second])
+        == between + "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    assert mask[first + 3 : second] == [0] * (second - first - 3)
+
+    # The SFT pipeline row: [BOS] is the template's own (not doubled), the same mask.
+    src = [{"prompt": "", "response": "", "answer": "", "messages": json.dumps(messages)}]
+    batch = next(pipeline.sft_batches(src, tok, batch_size=1, max_len=len(ids) + 2, seed=0))
+    np.testing.assert_array_equal(batch["tokens"][0], ids + [tok.pad_id] * 2)
+    np.testing.assert_array_equal(batch["loss_mask"][0], mask + [0, 0])
+    assert ids[0] == tok.bos_id and ids.count(tok.bos_id) == 1
+
+
+def test_sft_jsonl_conversations_train_on_assistant_turns(tmp_path):
+    tok_dir = str(chat_fixtures.save_chat_tokenizer(tmp_path / "tok", "chatml"))
+    tok = load_tokenizer(tok_dir)
+    conv = CONVERSATIONS["multi-turn"]
+    rows = [{"messages": conv, "answer": "ok"}, {"prompt": "p", "response": "r"}]
+    path = tmp_path / "sft.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    jsonl.prepare_jsonl("chat_sft", "sft", path, data_dir=tmp_path, tokenizer=tok_dir, max_len=90)
+    source = registry.load_source("jsonl/chat_sft", "train", data_dir=tmp_path)
+    first, plain = pipeline.eval_examples(source)
+    assert first["prompt"] == chat.render_prompt(tok, conv[:-1])  # Held-out eval prompt.
+    assert (first["response"], first["answer"], json.loads(first["messages"])) == ("ok", "ok", conv)
+    assert plain == {"prompt": "p", "response": "r", "answer": "", "messages": ""}
+    ids, mask = chat.chat_tokens(tok, conv)
+    rows = {}
+    for batch in [next(pipeline.sft_batches(source, tok, batch_size=2, max_len=90, seed=0))]:
+        for tokens, m in zip(batch["tokens"], batch["loss_mask"], strict=True):
+            rows[int(m.sum())] = (list(tokens), list(m))
+    tokens, m = rows[sum(mask)]
+    assert tokens[: len(ids)] == ids and m[: len(ids)] == mask
+    with pytest.raises(ValueError, match=r"sft\.jsonl, line 1: \[BOS\] \+ conversation is"):
+        jsonl.prepare_jsonl("x", "sft", path, data_dir=tmp_path, tokenizer=tok_dir, max_len=20)
+    path.write_text(json.dumps({"messages": conv[:2]}) + "\n")
+    with pytest.raises(ValueError, match="line 1: an sft conversation needs an assistant turn"):
+        jsonl.prepare_jsonl("x", "sft", path, data_dir=tmp_path, tokenizer=tok_dir)
+
+
+def test_template_helpers_and_sandbox():
+    template = (
+        "{{ messages[0] | tojson }}|{{ strftime_now('%Y') | length }}|{{ bos_token }}"
+        "{% if add_generation_prompt %}{{ raise_exception('no prompt: ' + eos_token) }}{% endif %}"
+        "{% generation %}{{ messages[0]['content'] }}{% endgeneration %}"
+    )
+    msgs = [{"role": "user", "content": "<é>"}]
+    out = chat.render(template, msgs, special_tokens={"bos_token": "<s>", "eos_token": "</s>"})
+    assert out == '{"role": "user", "content": "<é>"}|4|<s><é>'  # No HTML escaping.
+    with pytest.raises(Exception, match="no prompt: </s>"):
+        chat.render(template, msgs, True, {"eos_token": "</s>"})
+    with pytest.raises(Exception, match="unsafe|not safely|access"):
+        chat.render("{{ messages.append(1) }}", msgs)
+
+
+def test_errors_name_the_fix():
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    with pytest.raises(ValueError) as e:
+        chat.chat_tokens(ByteTokenizer(), msgs)
+    assert "has no chat template" in str(e.value) and "\n" not in str(e.value)
+    assert "chat_template" in str(e.value) and "plain 'prompt' text" in str(e.value)
+
+    class Rewriting(ByteTokenizer):  # Drops every turn but the last: not prefix-stable.
+        chat_template = "{{ messages[-1]['role'] }}:{{ messages[-1]['content'] }};"
+
+    with pytest.raises(ValueError, match="not prefix-stable: the text of messages\\[:2\\]"):
+        chat.chat_tokens(Rewriting(), msgs)
+    with pytest.raises(ValueError, match="message 1 needs a string 'role'"):
+        chat.check_messages([msgs[0], {"content": "x"}])
+    with pytest.raises(ValueError, match="non-empty list"):
+        chat.check_messages([])
