@@ -35,7 +35,7 @@ to render messages and to check lengths):
         --train=train.jsonl --test=test.jsonl
 
 With `max_len` (sft, preference: [BOS] + prompt + response + [EOS], or [BOS] +
-the conversation) and `max_prompt_len` (prompt: [BOS] + prompt) an over-long row
+the conversation) and `max_prompt_len` (prompt, sft: [BOS] + prompt) an over-long row
 fails at prepare time, naming its file, line, length and the limit; a failed
 prepare writes nothing. Then load with `load_source("jsonl/my_math", "train")`.
 Line order is kept, so `eval_examples(test, n)` is the first n lines of the test
@@ -153,17 +153,24 @@ def _example(obj: dict, kind: str, where: str, tokenizer) -> dict[str, str]:
     return example
 
 
-def _length(example: dict[str, str], kind: str, tokenizer) -> tuple[int, str]:
-    """The row length the pipeline will build for `example`, and what it counts."""
+def _lengths(example: dict[str, str], kind: str, tokenizer) -> list[tuple[str, int, str]]:
+    """(limit, length, what it counts) of each row the pipeline builds from `example`."""
+    prompt = len(pipeline.prompt_ids(tokenizer, example["prompt"]))
     if kind == "prompt":
-        return len(pipeline.prompt_ids(tokenizer, example["prompt"])), "[BOS] + prompt"
+        return [("max_prompt_len", prompt, "[BOS] + prompt")]
     if example.get("messages"):
-        return len(pipeline.chat_ids(tokenizer, example["messages"])[0]), "[BOS] + conversation"
-    sides = ("response",) if kind == "sft" else ("chosen", "rejected")
-    n, side = max(
-        (len(pipeline.target_ids(tokenizer, example["prompt"], example[s])[0]), s) for s in sides
-    )
-    return n, f"[BOS] + prompt + {side} + [EOS]"
+        row = len(pipeline.chat_ids(tokenizer, example["messages"])[0])
+        out = [("max_len", row, "[BOS] + conversation")]
+    else:
+        sides = ("response",) if kind == "sft" else ("chosen", "rejected")
+        n, side = max(
+            (len(pipeline.target_ids(tokenizer, example["prompt"], example[s])[0]), s)
+            for s in sides
+        )
+        out = [("max_len", n, f"[BOS] + prompt + {side} + [EOS]")]
+    if kind == "sft":  # Its prompt is the held-out evaluation's prompt.
+        out.append(("max_prompt_len", prompt, "[BOS] + prompt"))
+    return out
 
 
 def read_jsonl(
@@ -180,7 +187,8 @@ def read_jsonl(
         kind: "sft", "preference" or "prompt" (see the module docstring).
         tokenizer: a `Tokenizer`; needed for rows with messages and for length checks.
         max_len: longest allowed sft / preference row in tokens (None: unchecked).
-        max_prompt_len: longest allowed prompt row in tokens (None: unchecked).
+        max_prompt_len: longest allowed prompt in tokens, of prompt and sft rows
+            (None: unchecked).
 
     Returns:
         The examples, each with exactly the kind's stored fields (FEATURES), as str.
@@ -188,11 +196,11 @@ def read_jsonl(
     Raises:
         ValueError: naming the file, line and field of the first bad line.
     """
-    limit, limit_name = (
-        (max_prompt_len, "max_prompt_len") if kind == "prompt" else (max_len, "max_len")
-    )
-    if limit is not None and tokenizer is None:
-        raise ValueError(f"checking {limit_name}={limit} needs the tokenizer; pass tokenizer=.")
+    limits = {"max_len": max_len, "max_prompt_len": max_prompt_len}
+    limits = {k: v for k, v in limits.items() if v is not None}
+    if limits and tokenizer is None:
+        given = ", ".join(f"{k}={v}" for k, v in limits.items())
+        raise ValueError(f"checking {given} needs the tokenizer; pass tokenizer=.")
     examples = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -212,13 +220,12 @@ def read_jsonl(
                     f"{type(obj).__name__}."
                 )
             example = _example(obj, kind, where, tokenizer)
-            if limit is not None:
-                n, what = _length(example, kind, tokenizer)
-                if n > limit:
+            for name, n, what in _lengths(example, kind, tokenizer) if limits else ():
+                if n > limits.get(name, n):
                     raise ValueError(
-                        f"{where}: {what} is {n} tokens, more than {limit_name}={limit}; "
-                        f"shorten or drop the row, or raise {limit_name} (and the config's "
-                        f"data.{limit_name})."
+                        f"{where}: {what} is {n} tokens, more than {name}={limits[name]}; "
+                        f"shorten or drop the row, or raise {name} (and the config's "
+                        f"data.{name})."
                     )
             examples.append(example)
     if not examples:
@@ -311,8 +318,8 @@ def prepare_jsonl(
             counts tokens for the length checks. None: rows must be plain text.
         max_len: fail on an sft / preference row longer than this (the config's
             data.max_len); None skips the check.
-        max_prompt_len: fail on a prompt row longer than this (data.max_prompt_len);
-            None skips the check.
+        max_prompt_len: fail on a prompt of a prompt or sft row longer than this
+            (data.max_prompt_len: sampling and the held-out evaluation); None skips it.
 
     Returns:
         The prepared dataset's folder.

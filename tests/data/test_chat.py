@@ -99,6 +99,24 @@ def test_two_turn_masks_by_hand(tmp_path):
     assert ids[0] == tok.bos_id and ids.count(tok.bos_id) == 1
 
 
+def test_prompt_rows_of_a_chat_with_bos_start_with_one_bos(tmp_path):
+    """Llama-3 templates write BOS themselves; the sampling row must not double it."""
+    tok_dir = str(chat_fixtures.save_chat_tokenizer(tmp_path / "tok", "llama3"))
+    tok = load_tokenizer(tok_dir)
+    messages = [{"role": "user", "content": "1+2?"}]
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"messages": messages, "answer": "3"}) + "\n")
+    jsonl.prepare_jsonl("p", "prompt", path, path, tmp_path, tokenizer=tok_dir, max_prompt_len=96)
+    source = registry.load_source("jsonl/p", "test", data_dir=tmp_path)
+    batch = next(pipeline.prompt_batches(source, tok, batch_size=1, max_prompt_len=96, seed=0))
+    ids = tok.encode(chat.render_prompt(tok, messages))
+    assert ids[0] == tok.bos_id
+    np.testing.assert_array_equal(batch["prompt"][0, -len(ids) :], ids)
+    assert batch["prompt_mask"][0].sum() == len(ids) and list(batch["answer"]) == ["3"]
+    with pytest.raises(ValueError, match=f"line 1: \\[BOS\\] \\+ prompt is {len(ids)} tokens"):
+        jsonl.prepare_jsonl("q", "prompt", path, None, tmp_path, tokenizer=tok, max_prompt_len=20)
+
+
 def test_sft_jsonl_conversations_train_on_assistant_turns(tmp_path):
     tok_dir = str(chat_fixtures.save_chat_tokenizer(tmp_path / "tok", "chatml"))
     tok = load_tokenizer(tok_dir)
@@ -157,3 +175,36 @@ def test_errors_name_the_fix():
         chat.check_messages([msgs[0], {"content": "x"}])
     with pytest.raises(ValueError, match="non-empty list"):
         chat.check_messages([])
+
+
+def test_sft_trainer_on_conversations(tmp_path):
+    """configs/sft_arith with a jsonl conversation dataset and a chat checkpoint's tokenizer."""
+    import jax
+
+    from configs import base, sft_arith
+    from rl_lm import parallel
+    from rl_lm.algos import sft
+
+    tok_dir = str(chat_fixtures.save_chat_tokenizer(tmp_path / "tok", "chatml"))
+    conv = [{"role": "user", "content": "1+2?"}, {"role": "assistant", "content": "3"}]
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": conv, "answer": "3"}) + "\n")
+    path.write_text(path.read_text() * 8)  # 8 rows: one per batch shard of the test mesh.
+    jsonl.prepare_jsonl("conv", "sft", path, path, tmp_path, tokenizer=tok_dir, max_len=64)
+    config = sft_arith.get_config("runlocal")
+    config.model = base.model("tiny", max_seq_len=128)
+    config.data.update(name="jsonl/conv", data_dir=str(tmp_path), max_len=64, max_prompt_len=64)
+    config.data.batch_size = config.eval.batch_size = config.eval.num_examples = 8
+    config.tokenizer = tok_dir
+    trainer = sft.make_trainer(config, parallel.make_mesh(config.mesh))
+    batch = next(trainer.batches(0))
+    ids, mask = chat.chat_tokens(load_tokenizer(tok_dir), conv)
+    np.testing.assert_array_equal(batch["loss_mask"][:, : len(ids)], [mask] * 8)
+    assert batch["loss_mask"].sum() == 8 * 3  # "3", "<|im_end|>", "\n"
+    state = trainer.init_state(jax.random.PRNGKey(0))
+    state, metrics = trainer.step(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+    assert trainer.evaluate(state)["num_examples"] == 8
+    config.tokenizer = "byte"
+    with pytest.raises(ValueError, match="has no chat template"):
+        sft.make_trainer(config, parallel.make_mesh(config.mesh))

@@ -174,6 +174,7 @@ def test_prompt_kind_row_errors(tmp_path):
     [
         ("prompt", {"prompt": "x" * 8, "answer": "1"}, {"max_prompt_len": 8}, "[BOS] + prompt"),
         ("sft", {"prompt": "ab", "response": "x" * 5}, {"max_len": 8}, "[BOS] + prompt + response"),
+        ("sft", {"prompt": "x" * 8, "response": ""}, {"max_prompt_len": 8}, "[BOS] + prompt is"),
         (
             "preference",
             {"prompt": "ab", "chosen": "c", "rejected": "x" * 5},
