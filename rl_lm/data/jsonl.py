@@ -148,6 +148,7 @@ def _example(obj: dict, kind: str, where: str, tokenizer) -> dict[str, str]:
             raise ValueError("an sft conversation needs an assistant turn to train on")
         example["prompt"] = chat.render_prompt(tokenizer, messages[:last])
         example["response"] = messages[last]["content"]
+        pipeline.chat_ids(tokenizer, messages)  # The template must give its assistant mask.
     except Exception as e:  # Template errors too: name the row.
         raise ValueError(f"{where}: {e}") from e
     return example
@@ -284,7 +285,8 @@ def how_to_prepare(name: str, data_dir: str | os.PathLike | None = None) -> str:
     where = storage.resolve_data_dir(data_dir)
     return (
         f"prepare it once with rl_lm.data.prepare_jsonl({name!r}, kind='sft', 'preference' "
-        f"or 'prompt', train='train.jsonl', test='test.jsonl', data_dir={str(where)!r}) "
+        f"or 'prompt', train='train.jsonl', test='test.jsonl', data_dir={str(where)!r}, "
+        "tokenizer=<the config's tokenizer, to render messages and check lengths>) "
         f"or `python -m rl_lm.data --dataset=jsonl/{name} --kind=sft --train=train.jsonl "
         f"--test=test.jsonl --data_dir={where}`."
     )

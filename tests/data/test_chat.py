@@ -208,3 +208,15 @@ def test_sft_trainer_on_conversations(tmp_path):
     config.tokenizer = "byte"
     with pytest.raises(ValueError, match="has no chat template"):
         sft.make_trainer(config, parallel.make_mesh(config.mesh))
+
+
+def test_prepare_rejects_conversations_a_template_cannot_mask(tmp_path):
+    """A template that is not prefix-stable fails at prepare time, naming the row."""
+    tok_dir = chat_fixtures.save_chat_tokenizer(tmp_path / "tok", "tiny")
+    (tok_dir / "chat_template.jinja").write_text("{{ messages[-1]['content'] }}")
+    conv = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"messages": conv}) + "\n")
+    with pytest.raises(ValueError, match=r"c\.jsonl, line 1: the chat template is not prefix"):
+        jsonl.prepare_jsonl("c", "sft", path, data_dir=tmp_path / "data", tokenizer=str(tok_dir))
+    assert not (tmp_path / "data").exists()
