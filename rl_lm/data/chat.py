@@ -114,12 +114,13 @@ def render(
         add_generation_prompt: end with the header of a new assistant turn.
         special_tokens: the template's token variables, e.g. {"bos_token": "<s>",
             "eos_token": "</s>"} (`tokenizer.special_tokens`).
-        **kwargs: further template variables (override special tokens).
+        **kwargs: further template variables (override special tokens); tools and
+            documents are None unless given, as in transformers.
 
     Returns:
         The text.
     """
-    variables = {**(special_tokens or {}), **kwargs}
+    variables = {"tools": None, "documents": None, **(special_tokens or {}), **kwargs}
     return _compile(template).render(
         messages=list(messages), add_generation_prompt=add_generation_prompt, **variables
     )
@@ -144,12 +145,12 @@ def render_prompt(tokenizer: Any, messages: Sequence[Message]) -> str:
     )
 
 
-def _prefix(longer: str, shorter: str, what: str, upto: int) -> None:
+def _prefix(longer: str, shorter: str, longer_what: str, shorter_what: str) -> None:
     if not longer.startswith(shorter):
         raise ValueError(
-            f"the chat template is not prefix-stable: the text of {what} does not start "
-            f"with the text of messages[:{upto}] (the template rewrites earlier turns), so "
-            "the assistant tokens cannot be found; train on plain prompt/response rows "
+            f"the chat template is not prefix-stable: the text of {longer_what} does not "
+            f"start with the text of {shorter_what} (the template rewrites earlier turns), "
+            "so the assistant tokens cannot be found; train on plain prompt/response rows "
             "instead."
         )
 
@@ -159,7 +160,7 @@ def chat_tokens(tokenizer: Any, messages: Sequence[Message]) -> tuple[list[int],
 
     Args:
         tokenizer: a tokenizer with `chat_template`, `special_tokens` and
-            `encode_offsets` (`HFTokenizer`).
+            `encode_offsets` (see `rl_lm.models.tokenizer`).
         messages: the conversation.
 
     Returns:
@@ -176,11 +177,12 @@ def chat_tokens(tokenizer: Any, messages: Sequence[Message]) -> tuple[list[int],
     spans, before = [], ""  # Character spans of the assistant turns.
     for i, m in enumerate(messages):
         upto = render(template, messages[: i + 1], False, specials)
-        _prefix(upto, before, f"messages[:{i + 1}]", i)
+        _prefix(upto, before, f"messages[:{i + 1}]", f"messages[:{i}]")
         if m["role"] == "assistant":
             head = render(template, messages[:i], True, specials) if i else ""
-            _prefix(head, before, f"messages[:{i}] with the generation prompt", i)
-            _prefix(upto, head, f"messages[:{i + 1}]", i)
+            prompted = f"messages[:{i}] with the generation prompt"
+            _prefix(head, before, prompted, f"messages[:{i}]")
+            _prefix(upto, head, f"messages[:{i + 1}]", prompted)
             spans.append((len(head), len(upto)))
         before = upto
     ids, offsets = tokenizer.encode_offsets(before)

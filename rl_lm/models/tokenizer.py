@@ -238,6 +238,14 @@ class ByteTokenizer(Tokenizer):
         parts.append(run.decode("utf-8", errors="replace"))
         return "".join(parts)
 
+    def encode_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids of `text` (as `encode`) and each byte's (start, end) character span."""
+        ids, offsets = [], []
+        for i, char in enumerate(text):
+            ids += char.encode("utf-8")
+            offsets += [(i, i + 1)] * (len(ids) - len(offsets))
+        return ids, offsets
+
     def __repr__(self) -> str:
         return "ByteTokenizer()"
 

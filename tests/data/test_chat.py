@@ -144,6 +144,28 @@ def test_sft_jsonl_conversations_train_on_assistant_turns(tmp_path):
         jsonl.prepare_jsonl("x", "sft", path, data_dir=tmp_path, tokenizer=tok_dir)
 
 
+class ByteChat(ByteTokenizer):
+    chat_template = (
+        "{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }};{% endfor %}"
+        "{% if add_generation_prompt %}a:{% endif %}"
+    )
+
+
+def test_byte_level_masks_by_hand():
+    msgs = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "é!"},
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": "ok"},
+    ]
+    ids, mask = chat.chat_tokens(ByteChat(), msgs)
+    assert ids == list("u:hi;a:é!;u:x;a:ok;".encode())
+    # "u:hi;a:" | "é" (2 bytes) "!;" | "u:x;a:" | "ok;"
+    assert mask == [0] * 7 + [1] * 4 + [0] * 6 + [1] * 3
+    row, row_mask = pipeline.chat_ids(ByteChat(), json.dumps(msgs))
+    assert row == [ByteChat.bos_id, *ids] and row_mask == [0, *mask]
+
+
 def test_template_helpers_and_sandbox():
     template = (
         "{{ messages[0] | tojson }}|{{ strftime_now('%Y') | length }}|{{ bos_token }}"

@@ -302,3 +302,5 @@ def test_hf_encode_offsets(tmp_path):
     tok = HFTokenizer(tmp_path)
     ids, offsets = tok.encode_offsets("the cat")
     assert ids == tok.encode("the cat") and offsets == [(0, 3), (4, 7)]
+    ids, offsets = ByteTokenizer().encode_offsets("aé")
+    assert ids == [97, 0xC3, 0xA9] and offsets == [(0, 1), (1, 2), (1, 2)]
