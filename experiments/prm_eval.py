@@ -22,7 +22,8 @@ import numpy as np
 from absl import app, flags
 
 from rl_lm import analysis
-from rl_lm.algos import prm, prm_runs, process_rewards
+from rl_lm.algos import prm, prm_runs
+from rl_lm.core import steps as core_steps
 from rl_lm.models.tokenizer import load_tokenizer
 from rl_lm.rewards import steps as step_checks
 
@@ -89,7 +90,7 @@ def score(prm_workdir: str, policy_config, prompts: list[str], responses: list[s
     """(p_NxS, mask_NxS) of a PRM run on prompt-major responses (the same number per prompt)."""
     tokenizer = load_tokenizer(policy_config.tokenizer)
     params, prm_cfg = prm_runs.load_prm(prm_workdir, policy_config.model, "--prms")
-    step_args = process_rewards.step_args_of(prm.default_config(), tokenizer, "prm")
+    step_args = core_steps.step_args(prm.default_config(), tokenizer, "prm")
     bos = tokenizer.bos_id is not None
     longest = max(len(tokenizer.encode(p, add_bos=bos)) for p in prompts)
     width = max(policy_config.data.get("max_prompt_len") or 0, longest)

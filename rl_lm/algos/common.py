@@ -24,16 +24,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 from jax.sharding import Mesh, PartitionSpec
 
 from rl_lm import parallel
 from rl_lm.models.config import ModelConfig
+from rl_lm.models.saved import load_state
+from rl_lm.models.transformer import init_params
 
 State = dict[str, Any]
 Batch = dict[str, Any]
@@ -357,13 +361,6 @@ def load_run_params(workdir: str, model_cfg: ModelConfig, field: str, hint: str)
       field: the config field that named `workdir`, for the errors.
       hint: what to do when the shapes differ, for the error.
     """
-    from pathlib import Path
-
-    from absl import logging
-
-    from rl_lm.models.transformer import init_params
-    from rl_lm.train.checkpoint import load_state
-
     ckpt = Path(workdir).absolute() / "checkpoints"
     if not ckpt.is_dir():
         raise FileNotFoundError(

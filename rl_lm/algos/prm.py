@@ -43,7 +43,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rl_lm import parallel
-from rl_lm.algos import common, process_rewards, reward_model
+from rl_lm.algos import common, reward_model
 from rl_lm.core import steps as core_steps
 from rl_lm.data import load_source, sft_batches
 from rl_lm.models.config import ModelConfig
@@ -307,7 +307,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         )
     tokenizer = load_tokenizer(config.tokenizer)
     check_vocab(tokenizer, model_cfg.vocab_size)
-    step_args = process_rewards.step_args_of(cfg, tokenizer, "prm")
+    step_args = core_steps.step_args(cfg, tokenizer, "prm")
     common.check_batch_size(data.batch_size, mesh, train.num_microbatches, "data.batch_size")
     train_source = load_source(data.name, "train", data_dir=data.data_dir)
     test_source = load_source(data.name, "test", data_dir=data.data_dir)

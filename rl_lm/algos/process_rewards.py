@@ -59,9 +59,11 @@ import numpy as np
 from ml_collections import config_dict
 
 from rl_lm import parallel
+from rl_lm.algos import prm
 from rl_lm.algos.prm_runs import load_prm
 from rl_lm.algos.process_advantages import BASELINES, token_advantages
 from rl_lm.core import credit
+from rl_lm.core import steps as core_steps
 from rl_lm.rewards import steps as step_checkers
 from rl_lm.sampling.sampler import cut_by_budget
 
@@ -182,25 +184,6 @@ def _prime_problems(cfg: Any, grpo_cfg: Any, section: str) -> list[str]:
     return problems
 
 
-def step_args_of(cfg: Any, tokenizer: Any, section: str = "grpo.process") -> dict[str, Any]:
-    """segment_steps' static arguments: delimiter_ids, max_steps, eos_id.
-
-    `cfg` has `delimiter` and `max_steps` (a process section, or `prm`);
-    `section` names it in the error.
-    """
-    ids = tokenizer.encode(cfg.delimiter)
-    if len(ids) != 1:
-        raise ValueError(
-            f"{section}.delimiter={cfg.delimiter!r} is {len(ids)} tokens with {tokenizer!r}; "
-            "a step delimiter must be exactly one token (e.g. '\\n' with the byte tokenizer)."
-        )
-    return {
-        "delimiter_ids": tuple(ids),
-        "max_steps": int(cfg.max_steps),
-        "eos_id": tokenizer.eos_id,
-    }
-
-
 def read_into_slots(scores_NxS: np.ndarray, host_mask_NxS: np.ndarray, num_steps_N: np.ndarray):
     """Host scores placed in the jitted step slots, and the rows whose step counts differ.
 
@@ -260,7 +243,7 @@ def make(
         return None
     if proc.source == "prime":
         raise ValueError("process source 'prime' is built by rl_lm.algos.prime.make, not here.")
-    step_args = step_args_of(proc, tokenizer, section)
+    step_args = core_steps.step_args(proc, tokenizer, section)
     kwargs = advantage_kwargs(proc, group_size, step_args)
     out = {
         "checker": proc.source if proc.source != "prm" else None,
@@ -269,8 +252,6 @@ def make(
         "advantages": jax.jit(functools.partial(token_advantages, **kwargs)),
     }
     if proc.source == "prm":
-        from rl_lm.algos import prm
-
         params, prm_cfg = load_prm(proc.prm_workdir, model, section)
         out["prm_params"] = jax.device_put(params, parallel.replicated(mesh))
         out["prm_score"] = jax.jit(

@@ -27,7 +27,16 @@ from rl_lm.algos import common, preference_eval
 from rl_lm.data import load_source, preference_batches
 from rl_lm.models.config import ModelConfig
 from rl_lm.models.tokenizer import check_vocab, load_tokenizer
-from rl_lm.models.transformer import Params, forward, init_params, partition_specs, scalar
+from rl_lm.models.transformer import (
+    Params,
+    init_params,
+    last_index,
+    last_token_score,
+    partition_specs,
+)
+
+# The reward of each row: the scalar head at its last real token.
+score = last_token_score
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -40,34 +49,6 @@ def bradley_terry_loss(
 ) -> jax.Array:
     """Per-pair loss -log sigmoid(r_w - r_l - margin) + center_coef * (r_w + r_l)^2."""
     return -jax.nn.log_sigmoid(r_w - r_l - margin) + center_coef * jnp.square(r_w + r_l)
-
-
-def _last_index(mask_NxT: jax.Array) -> jax.Array:
-    """Index of each row's last nonzero mask entry (0 for an empty row)."""
-    t = mask_NxT.shape[1]
-    return t - 1 - jnp.argmax(jnp.flip(mask_NxT > 0, axis=1), axis=1)
-
-
-def score(
-    params: Params, cfg: ModelConfig, tokens_NxT: jax.Array, mask_NxT: jax.Array
-) -> jax.Array:
-    """Reward of each row: the scalar head at its last real token.
-
-    Args:
-      params: reward-model parameters (cfg.scalar_head).
-      cfg: the model config.
-      tokens_NxT: token ids, padded on either side.
-      mask_NxT: 1 on real tokens (attended to), 0 on padding.
-
-    Returns:
-      r_N, float32.
-    """
-    if not cfg.scalar_head:
-        raise ValueError("score needs a model with scalar_head=True (a reward model).")
-    hidden_NxTxD, _ = forward(params, tokens_NxT, cfg, mask_NxT=mask_NxT)
-    last_N = _last_index(mask_NxT)
-    h_NxD = jnp.take_along_axis(hidden_NxTxD, last_N[:, None, None], axis=1)[:, 0]
-    return scalar(params, h_NxD[:, None])[:, 0]
 
 
 def score_responses(
@@ -106,7 +87,7 @@ def pair_scores(
     b, t = batch["chosen"].shape
     tokens_NxT = jnp.stack([batch["chosen"], batch["rejected"]], axis=1).reshape(2 * b, t)
     m_NxT = jnp.stack([batch["chosen_mask"], batch["rejected_mask"]], axis=1).reshape(2 * b, t)
-    real_NxT = jnp.arange(t)[None, :] <= _last_index(m_NxT)[:, None]
+    real_NxT = jnp.arange(t)[None, :] <= last_index(m_NxT)[:, None]
     r_Bx2 = score(params, cfg, tokens_NxT, real_NxT).reshape(b, 2)
     return r_Bx2[:, 0], r_Bx2[:, 1]
 

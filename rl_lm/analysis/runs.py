@@ -19,7 +19,7 @@ import numpy as np
 from rl_lm.algos import common
 from rl_lm.data import eval_examples, load_source
 from rl_lm.models.config import ModelConfig
-from rl_lm.train.checkpoint import load_state, saved_steps
+from rl_lm.models.saved import load_state, saved_steps
 from rl_lm.train.loop import CHECKPOINT_DIR, CONFIG_FILE
 from rl_lm.train.metrics import METRICS_FILE, read_metrics
 

@@ -18,7 +18,7 @@ Two consecutive delimiters ("\\n\\n" with a byte tokenizer) make the second
 one a step of its own; a multi-token delimiter is not recognised as one unit.
 """
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 
@@ -217,3 +217,22 @@ def sum_per_step(x_NxT, token_step_NxT, max_steps):
         .at[rows_NxT, jnp.maximum(token_step_NxT, 0)]
         .add(vals_NxT)
     )
+
+
+def step_args(cfg: Any, tokenizer: Any, section: str = "grpo.process") -> dict[str, Any]:
+    """segment_steps' static arguments: delimiter_ids, max_steps, eos_id.
+
+    `cfg` has `delimiter` and `max_steps` (a process section, or `prm`);
+    `section` names it in the error.
+    """
+    ids = tokenizer.encode(cfg.delimiter)
+    if len(ids) != 1:
+        raise ValueError(
+            f"{section}.delimiter={cfg.delimiter!r} is {len(ids)} tokens with {tokenizer!r}; "
+            "a step delimiter must be exactly one token (e.g. '\\n' with the byte tokenizer)."
+        )
+    return {
+        "delimiter_ids": tuple(ids),
+        "max_steps": int(cfg.max_steps),
+        "eos_id": tokenizer.eos_id,
+    }

@@ -310,6 +310,34 @@ def scalar(params: Params, hidden_NxTxD: jax.Array) -> jax.Array:
     return h @ params["score"]["w"].astype(jnp.float32) + params["score"]["b"]
 
 
+def last_index(mask_NxT: jax.Array) -> jax.Array:
+    """Index of each row's last nonzero mask entry (0 for an empty row)."""
+    t = mask_NxT.shape[1]
+    return t - 1 - jnp.argmax(jnp.flip(mask_NxT > 0, axis=1), axis=1)
+
+
+def last_token_score(
+    params: Params, cfg: ModelConfig, tokens_NxT: jax.Array, mask_NxT: jax.Array
+) -> jax.Array:
+    """The scalar head read at each row's last real token (a reward model's reward).
+
+    Args:
+      params: parameters of a model with cfg.scalar_head.
+      cfg: the model config.
+      tokens_NxT: token ids, padded on either side.
+      mask_NxT: 1 on real tokens (attended to), 0 on padding.
+
+    Returns:
+      r_N, float32.
+    """
+    if not cfg.scalar_head:
+        raise ValueError("score needs a model with scalar_head=True (a reward model).")
+    hidden_NxTxD, _ = forward(params, tokens_NxT, cfg, mask_NxT=mask_NxT)
+    last_N = last_index(mask_NxT)
+    h_NxD = jnp.take_along_axis(hidden_NxTxD, last_N[:, None, None], axis=1)[:, 0]
+    return scalar(params, h_NxD[:, None])[:, 0]
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def jit_logits(params: Params, tokens_NxT: jax.Array, cfg: ModelConfig) -> jax.Array:
     """Convenience for tests and notebooks: full logits of a batch, jitted."""

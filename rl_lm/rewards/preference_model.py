@@ -38,9 +38,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rl_lm.algos.reward_model import score
 from rl_lm.models.config import ModelConfig
 from rl_lm.models.transformer import Params
+from rl_lm.models.transformer import last_token_score as score
 from rl_lm.rewards import synthetic
 
 TextPreference = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]

@@ -15,7 +15,6 @@ earlier checkpoints are untouched. An async save's failure surfaces at the next
 
 from __future__ import annotations
 
-import logging as pylogging
 import os
 import shutil
 import time
@@ -26,7 +25,11 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from rl_lm.models.saved import load_state, saved_steps
 from rl_lm.train.report import RunError, announce
+
+# The read-only side, for callers of this module (analysis, tests, warm starts).
+__all__ = ["Checkpointer", "load_state", "saved_steps"]
 
 
 class Checkpointer:
@@ -191,61 +194,3 @@ class Checkpointer:
 
             multihost_utils.sync_global_devices("checkpoint_move_aside")
         self._manager = self._open()
-
-
-def _reader(directory: str | os.PathLike) -> ocp.CheckpointManager:
-    """A manager that never writes, so it is safe on the directory of a live run."""
-    # Orbax warns at every read-only open; for a reader that is the point, not news.
-    quiet = lambda record: not str(record.msg).startswith("Given directory is read only")
-    absl_logger = pylogging.getLogger("absl")
-    absl_logger.addFilter(quiet)
-    try:
-        return ocp.CheckpointManager(
-            Path(directory).absolute(),
-            options=ocp.CheckpointManagerOptions(
-                read_only=True, save_interval_steps=0, create=False
-            ),
-            item_handlers=ocp.StandardCheckpointHandler(),
-        )
-    finally:
-        absl_logger.removeFilter(quiet)
-
-
-def saved_steps(directory: str | os.PathLike) -> list[int]:
-    """The finished checkpoints' steps in `directory`, oldest first ([] when none).
-
-    Unlike `Checkpointer.steps`, this creates and cleans up nothing.
-    """
-    if not Path(directory).is_dir():
-        return []
-    with _reader(directory) as manager:
-        return sorted(manager.all_steps())
-
-
-def load_state(
-    directory: str | os.PathLike, step: int | None = None, device: jax.Device | None = None
-) -> tuple[Any, int]:
-    """Reads a saved state onto one device, without knowing its config.
-
-    For notebooks and tests: containers come back as dicts/lists (optimizer
-    states lose their named-tuple types).
-
-    Args:
-      directory: a checkpoint directory (WORKDIR/checkpoints).
-      step: the step to read; the latest when None.
-      device: where the arrays go; `jax.devices()[0]` when None.
-
-    Returns:
-      (state, step).
-    """
-    with _reader(directory) as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {directory}.")
-        metadata = manager.item_metadata(step)
-        device = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
-        target = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata
-        )
-        state = manager.restore(step, args=ocp.args.StandardRestore(target))
-    return state, step

@@ -241,7 +241,9 @@ def _start(config: Any, workdir: Path) -> tuple[common.Trainer, Checkpointer, An
     logging.info("mesh: %s", parallel.describe(mesh))
     ckpt = Checkpointer(workdir / CHECKPOINT_DIR, keep=config.train.keep)
     try:
-        init_from = warm_start.initial_params(config, workdir, resuming=bool(ckpt.steps()))
+        init_from = warm_start.initial_params(
+            config, workdir, resuming=bool(ckpt.steps()), run_stage=train
+        )
         trainer = registry.make_trainer(config, mesh, init_from)
         state, start = ckpt.restore_latest(trainer.abstract_state)
         if state is None:

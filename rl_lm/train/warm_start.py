@@ -17,6 +17,7 @@ into its sharded state (`make_trainer(config, mesh, init_from=params)`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,9 @@ class Preempted(SystemExit):
     """SIGTERM stopped a warm-start stage; the run stops too (exit status 1, with the message)."""
 
 
-def initial_params(config: Any, workdir: Path, resuming: bool) -> Any | None:
+def initial_params(
+    config: Any, workdir: Path, resuming: bool, run_stage: Callable[[Any, Path], dict] | None = None
+) -> Any | None:
     """The parameters `config` starts from, or None for a fresh initialization.
 
     Args:
@@ -74,6 +77,9 @@ def initial_params(config: Any, workdir: Path, resuming: bool) -> Any | None:
       workdir: its run directory.
       resuming: the run already has a checkpoint (then nothing is loaded: the
         checkpoint holds the state).
+      run_stage: (stage config, stage workdir) -> the training loop's result; runs
+        the config's warm_start stage (the loop passes itself, so this module
+        does not import it).
 
     Raises:
       ConfigError: for a tokenizer that does not fit config.model (naming
@@ -98,11 +104,11 @@ def initial_params(config: Any, workdir: Path, resuming: bool) -> Any | None:
         announce(f"Starting from the Hugging Face checkpoint {init.hf_dir}.")
         return params
     if config.get("warm_start") is not None:
-        from rl_lm.train.loop import train
-
+        if run_stage is None:
+            raise ValueError("a config with a warm_start stage needs run_stage (loop.train).")
         stage = workdir / WARM_START_DIR
         announce(f"Warm start: running the {config.warm_start.algo} stage in {stage} first.")
-        if train(config.warm_start, stage)["preempted"]:
+        if run_stage(config.warm_start, stage)["preempted"]:
             # Going on would start this run from a half-trained stage, for good.
             raise Preempted(
                 f"SIGTERM during the warm-start stage in {stage}: its checkpoint is saved; "
