@@ -54,6 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = base.experiment(
         arg.algo,
         model=base.model("tiny", max_seq_len=32),
+        init=base.init(),
         data=ml_collections.ConfigDict(
             dict(
                 name="rps_pref/sft",  # prompts only

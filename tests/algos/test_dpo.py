@@ -259,7 +259,7 @@ def test_bad_config_fails_early():
 def test_hh_config_takes_the_model_from_the_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="checkpoint="):
         dpo_hh.get_config()
-    tiny = CFG.replace(tie_embeddings=True)
+    tiny = CFG.replace(tie_embeddings=True, max_seq_len=1024)
     save_hf_checkpoint(init_params(tiny, jax.random.PRNGKey(0)), tiny, tmp_path / "sft")
     config = dpo_hh.get_config(f"checkpoint={tmp_path / 'sft'}")
     assert common.model_config(config.model) == tiny.replace(max_seq_len=512, remat="full")
