@@ -242,3 +242,44 @@ def test_prepare_rejects_conversations_a_template_cannot_mask(tmp_path):
     with pytest.raises(ValueError, match=r"c\.jsonl, line 1: the chat template is not prefix"):
         jsonl.prepare_jsonl("c", "sft", path, data_dir=tmp_path / "data", tokenizer=str(tok_dir))
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+def test_grpo_trainer_on_a_prompt_dataset(tmp_path):
+    """configs/grpo_arith with data.name a jsonl prompt dataset of chat messages: rollouts
+    sample from the rendered prompts and are scored against the rows' answers."""
+    import jax
+
+    from configs import base, grpo_arith
+    from rl_lm import parallel
+    from rl_lm.algos import grpo
+
+    tok_dir = str(chat_fixtures.save_chat_tokenizer(tmp_path / "tok", "chatml"))
+    rows = [
+        {"messages": [{"role": "user", "content": f"{i}+1?"}], "answer": f"{i + 1}"}
+        for i in range(8)
+    ]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    jsonl.prepare_jsonl(
+        "math", "prompt", path, path, tmp_path, tokenizer=tok_dir, max_prompt_len=64
+    )
+    config = grpo_arith.get_config("runlocal")
+    config.model = base.model("tiny", max_seq_len=80)
+    config.data.update(name="jsonl/math", data_dir=str(tmp_path), max_prompt_len=64)
+    config.eval.update(num_examples=8, batch_size=8)
+    config.tokenizer = tok_dir
+    trainer = grpo.make_trainer(config, parallel.make_mesh(config.mesh))
+    batch = next(trainer.batches(0))
+    tok = load_tokenizer(tok_dir)
+    # decode, not decode_batch: a chat prompt holds EOS tokens (<|im_end|> ends each turn).
+    prompts = [
+        tok.decode(row[m == 1], skip_special=False)
+        for row, m in zip(batch["prompt"], batch["prompt_mask"], strict=True)
+    ]
+    expected = {chat.render_prompt(tok, r["messages"]): r["answer"] for r in rows}
+    assert dict(zip(prompts, batch["answer"], strict=True)) == {p: expected[p] for p in prompts}
+    state = trainer.init_state(jax.random.PRNGKey(0))
+    state, metrics = trainer.step(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+    assert trainer.evaluate(state)["num_examples"] == 8
