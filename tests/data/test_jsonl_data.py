@@ -111,6 +111,19 @@ def test_command_line(tmp_path, capsys):
     assert registry.dataset_name("jsonl", name="cli") == "jsonl/cli"
 
 
+def test_command_line_checks_lengths_with_the_tokenizer(tmp_path):
+    path = _write(
+        tmp_path / "p.jsonl",
+        [{"prompt": "1+1=", "answer": "2"}, {"prompt": "x" * 9, "answer": "1"}],
+    )
+    args = ["--dataset=jsonl/cli", "--kind=prompt", f"--train={path}", f"--data_dir={tmp_path}"]
+    with pytest.raises(SystemExit) as e:
+        data_main.main([*args, "--tokenizer=byte", "--max_prompt_len=8"])
+    assert str(e.value).startswith(f"jsonl/cli: {path}, line 2: ")
+    assert "more than max_prompt_len=8" in str(e.value)
+    assert not (tmp_path / "jsonl").exists()
+
+
 def test_prompt_kind_feeds_prompt_batches_like_arithmetic(tmp_path):
     """A prompt dataset is a drop-in GRPO/PPO source: the fields arithmetic's prompts have."""
     rows = [
