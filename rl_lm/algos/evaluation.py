@@ -96,7 +96,9 @@ def make_exact_match_eval(
             correct += float(verifiable.exact_match(texts[:take], answers, answer).sum())
             seen += take
             if not shown:
-                prompts = tokenizer.decode_batch(batch["prompt"], batch["prompt_mask"])
+                prompts = tokenizer.decode_batch(
+                    batch["prompt"], batch["prompt_mask"], stop_at_eos=False
+                )
                 shown = list(zip(prompts, texts, batch["answer"], strict=True))[:3]
         for prompt, text, reference in shown:
             logging.info("eval sample: %r -> %r (answer %r)", prompt, text, reference)

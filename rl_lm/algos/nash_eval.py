@@ -118,7 +118,11 @@ def make_class_eval(
         source, tokenizer, batch_size=batch_size, max_prompt_len=max_prompt_len, seed=seed
     )
     batches = list(itertools.islice(stream, math.ceil(num_examples / batch_size)))
-    texts = [t for b in batches for t in tokenizer.decode_batch(b["prompt"], b["prompt_mask"])]
+    texts = [
+        t
+        for b in batches
+        for t in tokenizer.decode_batch(b["prompt"], b["prompt_mask"], stop_at_eos=False)
+    ]
     P = jnp.asarray(class_game(texts[:num_examples]))
     mask_CxV = class_token_mask(tokenizer, model_cfg.vocab_size)
     if not all(mask_CxV.any(axis=1)):

@@ -154,9 +154,11 @@ def make_sample_eval(
         truncate=truncate,
     )
     batches = list(itertools.islice(stream, math.ceil(num_examples / batch_size)))
-    prompts = [t for b in batches for t in tokenizer.decode_batch(b["prompt"], b["prompt_mask"])][
-        :num_examples
-    ]
+    prompts = [
+        t
+        for b in batches
+        for t in tokenizer.decode_batch(b["prompt"], b["prompt_mask"], stop_at_eos=False)
+    ][:num_examples]
     temperatures = {"": 1.0, "_greedy": 0.0} if greedy else {"": 1.0}
     samplers = {
         suffix: make_sampler(

@@ -153,7 +153,9 @@ def make_true_reward(
     reward_fn = judged[1]
 
     def true_reward(prompts, texts):
-        prompt_texts = tokenizer.decode_batch(prompts["prompt"], prompts["prompt_mask"])
+        prompt_texts = tokenizer.decode_batch(
+            prompts["prompt"], prompts["prompt_mask"], stop_at_eos=False
+        )
         g = len(texts) // len(prompt_texts)
         return reward_fn(list(np.repeat(np.asarray(prompt_texts, object), g)), texts)
 

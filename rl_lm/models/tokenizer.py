@@ -170,7 +170,11 @@ class Tokenizer(abc.ABC):
         return ids_NxT, mask_NxT
 
     def decode_batch(
-        self, ids_NxT: Any, mask_NxT: Any = None, skip_special: bool = True
+        self,
+        ids_NxT: Any,
+        mask_NxT: Any = None,
+        skip_special: bool = True,
+        stop_at_eos: bool = True,
     ) -> list[str]:
         """Decodes each row of a [N, T] array, stopping at its first EOS.
 
@@ -183,6 +187,8 @@ class Tokenizer(abc.ABC):
             ids_NxT: token ids.
             mask_NxT: optional 0/1 array of the same shape.
             skip_special: as in `decode`.
+            stop_at_eos: False reads every masked position: a chat prompt's turns
+                each end in an end-of-turn id that is also an EOS of the model.
 
         Returns:
             N texts.
@@ -201,8 +207,8 @@ class Tokenizer(abc.ABC):
         texts = []
         for ids_T, keep_T in zip(ids_NxT, keep_NxT, strict=True):
             row = ids_T[keep_T]
-            stops = np.flatnonzero(np.isin(row, self.eos_ids))
-            if stops.size:
+            stops = np.flatnonzero(np.isin(row, self.eos_ids)) if stop_at_eos else []
+            if len(stops):
                 row = row[: stops[0]]
             texts.append(self.decode(row, skip_special=skip_special))
         return texts

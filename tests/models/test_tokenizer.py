@@ -126,6 +126,8 @@ def test_decode_batch_stops_at_eos_and_honors_mask(byte_tok):
         ]
     )
     assert byte_tok.decode_batch(ids, mask) == ["hi", "ab", "xyz"]
+    # A chat prompt's end-of-turn ids are EOS ids too: prompts are read in full.
+    assert byte_tok.decode_batch(ids, mask, stop_at_eos=False) == ["hix", "ab", "xyz"]
     assert byte_tok.decode_batch(ids) == ["hi", "a", "xyzzzz"]
 
 
