@@ -45,7 +45,7 @@ from rl_lm.core import advantages
 from rl_lm.data import load_source, prompt_batches
 from rl_lm.models.tokenizer import check_vocab, load_tokenizer
 from rl_lm.models.transformer import Params, init_params, partition_specs
-from rl_lm.rewards import verifiable
+from rl_lm.rewards import user, verifiable
 from rl_lm.sampling.logprobs import response_logprobs
 from rl_lm.sampling.sampler import make_sampler
 
@@ -83,7 +83,8 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         )
     train_source = load_source(data.name, "train", data_dir=data.data_dir)
     test_source = load_source(data.name, "test", data_dir=data.data_dir)
-    reward_fn = verifiable.combine(dict(cfg.rewards))
+    # Built-in weights plus the user's functions by import path (rl_lm.rewards.user).
+    reward_fn = user.combine(dict(cfg.rewards), cfg.get("reward_fns", ""), "grpo.reward_fns")
     answer_format = config.eval.get("answer", "any")  # what train_accuracy counts as an answer
     rm_cfg = rm_rewards.model_config(config, cfg.reward_source, "grpo.reward_source")
     use_rm = rm_cfg is not None
@@ -200,7 +201,11 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
             host["mask"].sum(1), cfg.max_new_tokens, cfg.overlong_cache
         )
         if use_verifiable:
-            checked_N = reward_fn(texts, list(answers))
+            prompt_texts = tokenizer.decode_batch(
+                prompts["prompt"], prompts["prompt_mask"], stop_at_eos=False
+            )
+            prompts_N = list(np.repeat(np.asarray(prompt_texts, dtype=object), g))
+            checked_N = reward_fn(prompts_N, texts, list(answers))
             reward_N = checked_N + reward_N
             if use_rm:
                 host["reward_verifiable"] = checked_N

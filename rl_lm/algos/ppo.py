@@ -55,7 +55,7 @@ from rl_lm.data import load_source, prompt_batches
 from rl_lm.models.config import ModelConfig
 from rl_lm.models.tokenizer import check_vocab, load_tokenizer
 from rl_lm.models.transformer import Params, init_params, partition_specs
-from rl_lm.rewards import verifiable
+from rl_lm.rewards import user
 from rl_lm.sampling.logprobs import response_logprobs
 from rl_lm.sampling.sampler import make_sampler
 
@@ -110,7 +110,10 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     test_source = load_source(data.name, "test", data_dir=data.data_dir)
     use_rm = rm_cfg is not None
     use_verifiable = cfg.reward.source != "reward_model"
-    verifiable_fn = verifiable.combine(dict(cfg.reward.verifiable)) if use_verifiable else None
+    verifiable_fn = None
+    if use_verifiable:  # Built-in weights plus the user's functions (rl_lm.rewards.user).
+        spec = cfg.reward.get("reward_fns", "")
+        verifiable_fn = user.combine(dict(cfg.reward.verifiable), spec, "ppo.reward.reward_fns")
     true_reward = rm_rewards.make_true_reward(data.name, tokenizer)
     proc = cfg.get("process")
     process = process_rewards.make(proc, g, config.model, tokenizer, mesh, "ppo.process")
@@ -250,7 +253,11 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
             stats["reward_learned"] = float(learned.mean())
         if use_verifiable:
             answers = list(np.repeat(np.asarray(prompts["answer"], dtype=object), g))
-            checked = verifiable_fn(texts, answers)
+            prompt_texts = tokenizer.decode_batch(
+                prompts["prompt"], prompts["prompt_mask"], stop_at_eos=False
+            )
+            prompts_N = list(np.repeat(np.asarray(prompt_texts, dtype=object), g))
+            checked = verifiable_fn(prompts_N, texts, answers)
             score += checked
             stats["reward_verifiable"] = float(checked.mean())
         if true_reward is not None:

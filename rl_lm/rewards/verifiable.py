@@ -1,7 +1,11 @@
 """Verifiable rewards: answer extraction, exact match, format checks.
 
 Every reward function maps (responses, answers) -> float32 [N], one value per
-response, so rewards compose as weighted sums over a batch.
+response, so rewards compose as weighted sums over a batch. REWARDS names
+them for the configs' weights (`grpo.rewards`, `ppo.reward.verifiable`):
+exact_match, marked_match, format and math_verify (math-verify's equivalence
+of LaTeX, fractions and boxed answers, `rl_lm.rewards.math_answers`). A user's
+own functions join by import path (`rl_lm.rewards.user`).
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from rl_lm.rewards import math_answers
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 
@@ -86,6 +92,7 @@ REWARDS: dict[str, Callable[[], RewardFn]] = {
     "exact_match": lambda: exact_match,
     "marked_match": lambda: marked_match,
     "format": format_reward,
+    "math_verify": math_answers.make,
 }
 
 
