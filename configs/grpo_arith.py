@@ -55,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         init=base.init(),
     )
     config.grpo.update(num_generations=8, max_new_tokens=6, beta=0.04, temperature=1.0)
+    config.grpo.reward_fns = ""  # "module:function=weight,...": see rl_lm/rewards/user.py
     # RL needs a much smaller step than SFT (the warm start's lr is 1e-3): at 2e-4
     # greedy accuracy oscillates, at 3e-5 it barely moves in 400 steps.
     config.optim = base.optim(lr=1e-4, warmup_steps=10, schedule="cosine")

@@ -57,6 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         beta=0.05,
         kl_placement="loss",
     )
+    config.grpo.reward_fns = ""  # "module:function=weight,...": see rl_lm/rewards/user.py
     config.optim = base.optim(lr=3e-5, warmup_steps=10, schedule="constant", grad_clip=1.0)
     config.train = base.train(num_steps=200, log_every=10, eval_every=25, ckpt_every=50)
     config.warm_start = ppo.warm_start

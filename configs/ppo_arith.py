@@ -16,7 +16,8 @@ CPU smoke run:
     python -m launch.train --config=configs/ppo_arith.py:runlocal --workdir=/tmp/ppo_arith_smoke
 
 Options: --config.ppo.critic=separate, --config.ppo.kl.adaptive=True,
---config.ppo.reward.verifiable.format=0.1 (with exact_match, see rl_lm/rewards/verifiable.py).
+--config.ppo.reward.reward_fns=format=0.1 (a reward added to exact_match by name, or
+your own by import path: see rl_lm/rewards/user.py).
 """
 
 import ml_collections
@@ -41,6 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.ppo.update(num_generations=4, max_new_tokens=6, num_epochs=4, num_minibatches=2)
     config.ppo.reward.source = "verifiable"
     config.ppo.reward.verifiable = ml_collections.ConfigDict({"exact_match": 1.0})
+    config.ppo.reward.reward_fns = ""  # "module:function=weight,...": rl_lm/rewards/user.py
     config.ppo.kl.coef = 0.05
     config.optim = base.optim(lr=1e-4, warmup_steps=10, schedule="constant")
     config.train = base.train(num_steps=200, log_every=10, eval_every=25, ckpt_every=50)

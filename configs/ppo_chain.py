@@ -74,6 +74,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.ppo.kl.coef = 0.01
     config.ppo.reward.source = "verifiable"
     config.ppo.reward.verifiable = ml_collections.ConfigDict({"marked_match": 1.0})
+    config.ppo.reward.reward_fns = ""  # "module:function=weight,...": rl_lm/rewards/user.py
     config.ppo.process.update(
         source=arg.source, form=arg.form, outcome_weight=float(arg.outcome_weight), max_steps=12
     )

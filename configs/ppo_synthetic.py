@@ -72,6 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # penalty in the reward, several epochs over each rollout.
     config.ppo.update(num_generations=4, max_new_tokens=16, num_epochs=4, num_minibatches=2)
     config.ppo.kl.coef = 0.05
+    config.ppo.reward.reward_fns = ""  # "module:function=weight,...": rl_lm/rewards/user.py
     config.ppo.reward.normalize = "running"
     config.optim = base.optim(lr=3e-5, warmup_steps=10, schedule="constant", grad_clip=1.0)
     config.train = base.train(num_steps=200, log_every=10, eval_every=25, ckpt_every=50)

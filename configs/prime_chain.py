@@ -66,6 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     config.grpo.update(num_generations=8, max_new_tokens=64, beta=0.01, temperature=1.0)
     config.grpo.rewards = ml_collections.ConfigDict({"marked_match": 1.0})  # "#### n" only
+    config.grpo.reward_fns = ""  # "module:function=weight,...": see rl_lm/rewards/user.py
     config.grpo.process.update(
         source="prime",
         form="sum",

@@ -172,6 +172,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     # The verifiable reward (outcome_weight > 0) reads a chain's "#### n" line only.
     config.grpo.rewards = ml_collections.ConfigDict({"marked_match": 1.0})
+    config.grpo.reward_fns = ""  # "module:function=weight,...": see rl_lm/rewards/user.py
     config.grpo.process.update(
         source=arg.source,
         form=arg.form,
