@@ -34,7 +34,10 @@ def normalize(answer: str) -> str:
     return s
 
 
-ANSWER_FORMATS = ("any", "marked")
+# How a response's answer is checked (eval.answer): "any" and "marked" extract it
+# (`extract_answer`) and compare strings; "math_verify" asks math-verify whether it
+# is mathematically equal (`math_answers.math_verify_reward`).
+ANSWER_FORMATS = ("any", "marked", "math_verify")
 
 
 def extract_answer(text: str, answer: str = "any") -> str:
@@ -44,7 +47,7 @@ def extract_answer(text: str, answer: str = "any") -> str:
     \\boxed{answer}, then the last number in the text. Returns "" when there is
     none. With answer="marked" only the marker counts: for tasks whose solutions
     end in "#### n" (the chain task), a response cut off before it has no answer,
-    whatever number it wrote last.
+    whatever number it wrote last. "math_verify" extracts as "any" does.
     """
     check_answer_format(answer)
     if "####" in text:
@@ -61,8 +64,13 @@ def extract_answer(text: str, answer: str = "any") -> str:
 def exact_match(
     responses: Sequence[str], answers: Sequence[str], answer: str = "any"
 ) -> np.ndarray:
-    """1.0 where the extracted final answer (`extract_answer(r, answer)`) equals the reference."""
+    """1.0 where the extracted final answer (`extract_answer(r, answer)`) equals the reference.
+
+    With answer="math_verify": where math-verify finds the two equal.
+    """
     _check_lengths(responses, answers)
+    if answer == "math_verify":
+        return math_answers.make()(responses, answers)
     return np.array(
         [
             float(extract_answer(r, answer) == normalize(a) and normalize(a) != "")

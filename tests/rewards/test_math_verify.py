@@ -83,3 +83,13 @@ def test_works_outside_the_main_thread():
     thread.start()
     thread.join(60)
     np.testing.assert_array_equal(out["scores"], [1.0, 0.0, 0.0])
+
+
+def test_math_verify_answer_format_for_accuracies():
+    # eval.answer="math_verify": held-out and train accuracy by the same check.
+    got = verifiable.exact_match(
+        ["\\boxed{\\frac12}", "0.5", "3"], ["0.5", "1/2", "4"], "math_verify"
+    )
+    np.testing.assert_array_equal(got, [1.0, 1.0, 0.0])
+    assert "math_verify" in verifiable.ANSWER_FORMATS
+    verifiable.check_answer_format("math_verify")
