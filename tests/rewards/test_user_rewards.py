@@ -68,3 +68,62 @@ def test_a_non_finite_reward_at_run_time_names_the_function():
     ) as e:
         fn(["p", "p"], ["ok", "nan"], ["1", "1"])
     assert "\n" not in str(e.value)
+
+
+def _one_step(algo, config, data_dir, monkeypatch):
+    """The raw rewards of one `algo` step (GRPO's before group advantages, PPO's before
+    normalization) and the calls of the recorded user function."""
+    import jax
+
+    from rl_lm import parallel
+    from rl_lm.algos import grpo, ppo, ppo_loss
+    from rl_lm.core import advantages
+    from tests.rewards import user_reward_fixture
+
+    config.unlock()
+    config.data.data_dir = str(data_dir)
+    config.lock()
+    seen = []
+    if algo == "grpo":
+        real = advantages.group_advantages
+        spy = lambda r, *a: seen.append(np.asarray(r).reshape(-1)) or real(r, *a)
+        monkeypatch.setattr(advantages, "group_advantages", spy)
+    else:
+        real = ppo_loss.normalize_rewards
+        spy = lambda s, *a: seen.append(np.asarray(s)) or real(s, *a)
+        monkeypatch.setattr(ppo_loss, "normalize_rewards", spy)
+    monkeypatch.setattr(user_reward_fixture, "CALLS", [])
+    module = {"grpo": grpo, "ppo": ppo}[algo]
+    trainer = module.make_trainer(config, parallel.make_mesh(config.mesh))
+    probe, *calls = user_reward_fixture.CALLS  # the probe call when the trainer was built
+    assert probe == tuple(map(list, user.PROBE))
+    state = trainer.init_state(jax.random.PRNGKey(0))
+    trainer.step(state, next(trainer.batches(0)))
+    (reward,) = seen
+    return reward, user_reward_fixture.CALLS[1:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", ["grpo", "ppo"])
+def test_trainers_add_the_weighted_user_reward_of_each_prompt(algo, tmp_path, monkeypatch):
+    from configs import grpo_math, ppo_arith
+    from rl_lm.rewards import verifiable
+
+    if algo == "grpo":
+        config = grpo_math.get_config("runlocal")
+        config.grpo.reward_fns = f"{FIXTURE}:recorded=0.5"
+        builtin, g = "math_verify", config.grpo.num_generations
+    else:
+        config = ppo_arith.get_config("runlocal")
+        config.ppo.reward.reward_fns = f"{FIXTURE}:recorded=0.5"
+        builtin, g = "exact_match", config.ppo.num_generations
+    reward, ((prompts, responses, answers),) = _one_step(algo, config, tmp_path, monkeypatch)
+    n = config.data.batch_size * g
+    assert len(prompts) == len(responses) == len(answers) == n
+    # Each prompt ("51+82=") comes with its own answer, once per sample of its group.
+    assert all(str(eval(p.rstrip("="))) == a for p, a in zip(prompts, answers, strict=True))
+    assert all(prompts[i] == prompts[i - i % g] for i in range(n))
+    expected = verifiable.combine({builtin: 1.0})(responses, answers) + 0.5 * np.array(
+        [len(p) % 3 for p in prompts], np.float32
+    )
+    np.testing.assert_allclose(reward, expected, rtol=1e-6)

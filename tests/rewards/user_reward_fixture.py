@@ -35,3 +35,12 @@ def raises(prompts, responses, answers):
 
 def not_numbers(prompts, responses, answers):
     return ["high"] * len(responses)
+
+
+CALLS = []  # (prompts, responses, answers) of each `recorded` call
+
+
+def recorded(prompts, responses, answers):
+    """len(prompt) % 3, with its inputs kept in CALLS."""
+    CALLS.append((list(prompts), list(responses), list(answers)))
+    return [float(len(p) % 3) for p in prompts]
