@@ -21,7 +21,9 @@ dict (`grpo.rewards`, `ppo.reward.verifiable`). Each user function is imported
 and called once on a small probe batch (`PROBE`) when the trainer is built, so
 a wrong path, a result of the wrong shape or a non-finite value fails before
 the first step with one line naming the function; every later call is checked
-the same way. The failures are ValueErrors.
+the same way. The failures are ValueErrors. In a multi-process run every
+process calls the function on the same global batch, so it must be
+deterministic (no sampling, no network calls whose answers may differ).
 """
 
 from __future__ import annotations
