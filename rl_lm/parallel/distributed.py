@@ -3,6 +3,12 @@
 One process per host (or, for tests, several processes on one machine, each
 with its own simulated CPU devices). Processes find each other through a
 coordinator address; on CPU they exchange collectives over gloo.
+
+Under SLURM (`srun`) nothing needs to be given: jax's own SLURM detector
+(`jax.distributed.initialize(cluster_detection_method="slurm")`) takes the
+process count and index from SLURM_NTASKS / SLURM_PROCID and the coordinator
+from the first host of SLURM_STEP_NODELIST, on a port derived from
+SLURM_JOB_ID (or JAX_COORDINATOR_PORT when set).
 """
 
 from __future__ import annotations
@@ -13,6 +19,14 @@ import jax
 from absl import logging
 
 ENV_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+# What jax's SLURM detector reads; srun sets all of them in every task it starts.
+SLURM_VARS = (
+    "SLURM_JOB_ID",
+    "SLURM_STEP_NODELIST",
+    "SLURM_NTASKS",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+)
 
 
 def initialize(
@@ -23,7 +37,9 @@ def initialize(
     """Calls `jax.distributed.initialize` when this is one process of several.
 
     Arguments left as None fall back to the environment variables `ENV_VARS`.
-    Nothing happens when no coordinator is given (a single-process run).
+    When none of the three is given either way, a task of a multi-task `srun`
+    step (`SLURM_VARS` set, SLURM_NTASKS > 1) initializes from SLURM; otherwise
+    nothing happens (a single-process run).
 
     Args:
       coordinator_address: "host:port" of process 0.
@@ -42,7 +58,7 @@ def initialize(
     index = process_id if process_id is not None else env.get("JAX_PROCESS_ID")
     given = {"coordinator_address": address, "num_processes": count, "process_id": index}
     if all(v is None for v in given.values()):
-        return False
+        return _initialize_from_slurm()
     missing = [k for k, v in given.items() if v is None]
     if missing:
         raise ValueError(
@@ -59,6 +75,49 @@ def initialize(
         jax.process_index(),
         jax.process_count(),
         address,
+    )
+    return True
+
+
+def slurm_tasks() -> tuple[int, int] | None:
+    """(tasks in the step, tasks on this node) of an `srun` task, else None.
+
+    None also for a job's batch script itself (no SLURM_STEP_NODELIST): it is
+    one process even when the job has several tasks, and waiting for the others
+    would hang.
+    """
+    env = os.environ
+    if not all(v in env for v in SLURM_VARS):
+        if "SLURM_JOB_ID" in env:
+            logging.info("SLURM job without an srun step: a single-process run.")
+        return None
+    tasks = int(env["SLURM_NTASKS"])
+    nodes = int(env.get("SLURM_STEP_NUM_NODES", env.get("SLURM_NNODES", "1")))
+    return tasks, -(-tasks // max(nodes, 1))
+
+
+def _initialize_from_slurm() -> bool:
+    """jax's SLURM detector; every device of a node is visible when it runs one task.
+
+    jax restricts each task to GPU number SLURM_LOCALID (one process per GPU);
+    with one task per node that would hide all GPUs but the first, so then an
+    empty `local_device_ids` (restrict nothing) is passed instead.
+    """
+    tasks = slurm_tasks()
+    if tasks is None or tasks[0] == 1:
+        return False
+    total, per_node = tasks
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        cluster_detection_method="slurm", local_device_ids=[] if per_node == 1 else None
+    )
+    logging.info(
+        "jax.distributed from SLURM job %s: process %d of %d (%d per node, nodes %s)",
+        os.environ["SLURM_JOB_ID"],
+        jax.process_index(),
+        jax.process_count(),
+        per_node,
+        os.environ["SLURM_STEP_NODELIST"],
     )
     return True
 
