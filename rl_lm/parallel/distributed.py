@@ -8,7 +8,10 @@ Under SLURM (`srun`) nothing needs to be given: jax's own SLURM detector
 (`jax.distributed.initialize(cluster_detection_method="slurm")`) takes the
 process count and index from SLURM_NTASKS / SLURM_PROCID and the coordinator
 from the first host of SLURM_STEP_NODELIST, on a port derived from
-SLURM_JOB_ID (or JAX_COORDINATOR_PORT when set).
+SLURM_JOB_ID (or JAX_COORDINATOR_PORT when set). With RL_LM_DISTRIBUTED=auto
+(what launch/tpu_pod.sh and launch/xpk.sh set) `jax.distributed.initialize()`
+detects the cluster itself: every worker of a TPU VM pod slice, a GKE TPU
+workload, SLURM or Open MPI.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from absl import logging
 
 ENV_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 # What jax's SLURM detector reads; srun sets all of them in every task it starts.
+AUTO_VAR = "RL_LM_DISTRIBUTED"  # "auto": let jax detect the cluster.
 SLURM_VARS = (
     "SLURM_JOB_ID",
     "SLURM_STEP_NODELIST",
@@ -37,7 +41,8 @@ def initialize(
     """Calls `jax.distributed.initialize` when this is one process of several.
 
     Arguments left as None fall back to the environment variables `ENV_VARS`.
-    When none of the three is given either way, a task of a multi-task `srun`
+    When none of the three is given either way, RL_LM_DISTRIBUTED=auto hands
+    the detection to jax (TPU pods, GKE), and a task of a multi-task `srun`
     step (`SLURM_VARS` set, SLURM_NTASKS > 1) initializes from SLURM; otherwise
     nothing happens (a single-process run).
 
@@ -58,6 +63,14 @@ def initialize(
     index = process_id if process_id is not None else env.get("JAX_PROCESS_ID")
     given = {"coordinator_address": address, "num_processes": count, "process_id": index}
     if all(v is None for v in given.values()):
+        if env.get(AUTO_VAR, "").lower() == "auto":
+            jax.distributed.initialize()
+            logging.info(
+                "jax.distributed (detected): process %d of %d",
+                jax.process_index(),
+                jax.process_count(),
+            )
+            return True
         return _initialize_from_slurm()
     missing = [k for k, v in given.items() if v is None]
     if missing:

@@ -101,3 +101,16 @@ def test_coordinator_is_first_node_on_job_port(clean_env):
     assert SlurmCluster.is_env_present()
     assert SlurmCluster.get_coordinator_address(None, None) == f"gpu017:{_PORT_BASE + 5}"
     assert SlurmCluster.get_coordinator_address(None, "1234") == "gpu017:1234"
+
+
+def test_auto_hands_detection_to_jax(clean_env):
+    calls = []
+    clean_env.setattr(
+        parallel.distributed.jax.distributed, "initialize", lambda **kw: calls.append(kw)
+    )
+    clean_env.setenv(parallel.distributed.AUTO_VAR, "auto")
+    assert parallel.initialize() is True
+    assert calls == [{}]
+    # Explicit coordinates still win over "auto".
+    with pytest.raises(ValueError, match="process_id"):
+        parallel.initialize("localhost:1", 2)
