@@ -296,20 +296,25 @@ def _dtypes(s: _Shape) -> str:
     return f"{cfg.param_dtype} params, {cfg.dtype} compute"
 
 
-def _gib(n: int) -> str:
-    return f"{n / GIB:8.2f} GiB"
+def _gib(n: int, unit: int = GIB) -> str:
+    return f"{n / unit:8.2f} {'GiB' if unit == GIB else 'MiB'}"
 
 
 def format_plan(p: Plan) -> str:
     """The plan as a table: one line per entry, phase totals, the peak against capacity."""
     mesh = " x ".join(f"{a}={n}" for a, n in p.mesh.items())
     out = [f"mesh {mesh}, {p.device_bytes / GIB:.1f} GiB per device"]
+    unit = GIB if p.total >= GIB // 4 else 2**20  # Small plans in MiB.
     for phase in (STATE, UPDATE, SAMPLING):
         for line in (x for x in p.lines if x.phase == phase):
-            out.append(f"  {phase:9s} {line.name:17s} {_gib(line.bytes)}  {line.note}")
-        out.append(f"  {phase:9s} {'= total':17s} {_gib(p.phase(phase))}")
+            out.append(
+                f"  {phase:9s} {line.name:17s} {_gib(line.bytes, unit)}  {line.note}".rstrip()
+            )
+        out.append(f"  {phase:9s} {'= total':17s} {_gib(p.phase(phase), unit)}")
     verdict = "fits" if p.fits else "DOES NOT FIT"
-    out.append(f"  peak      state + max(update, sampling) {_gib(p.total).strip()}: {verdict}")
+    out.append(
+        f"  peak      state + max(update, sampling) {_gib(p.total, unit).strip()}: {verdict}"
+    )
     return "\n".join(out)
 
 
