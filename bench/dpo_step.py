@@ -1,6 +1,6 @@
 """Seconds per DPO optimizer step on bench model B, side by side with TRL's DPOTrainer.
 
-Workload (DESIGN.md section 7): 64 preference pairs; every row is a 32-token
+Workload: 64 preference pairs; every row is a 32-token
 prompt then a 64-token response (63 random tokens and EOS), fp32; sigmoid loss,
 beta 0.1, AdamW with constant lr and global-norm clipping 1.0. Reference
 log-probs are precomputed on both sides (ours: one jitted pass whose results

@@ -1,6 +1,6 @@
 """Seconds per GRPO step on bench model B, by phase, side by side with TRL's GRPOTrainer.
 
-Workload (DESIGN.md section 7): 8 prompts of 32 random tokens, 8 completions
+Workload: 8 prompts of 32 random tokens, 8 completions
 each of exactly 64 new tokens (EOS disabled on both sides), fp32, temperature 1;
 beta 0.04 with a reference model, one update per rollout (num_iterations 1),
 the per-sequence token-mean loss (TRL loss_type="grpo"), group-std advantages,

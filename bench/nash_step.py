@@ -1,6 +1,6 @@
 """Seconds per approximate Nash-MP iteration on bench model B.
 
-Workload (DESIGN.md section 7): bench model B (fp32, ~3.3M parameters), 8
+Workload: bench model B (fp32, ~3.3M parameters), 8
 prompts of 32 tokens (left-padded rps_pref prompts), 8 completions each, 64
 new tokens (an untrained model rarely emits EOS, so rollouts run the full 64
 steps). One iteration is the whole Nash-MP step of `rl_lm.algos.nash`: per

@@ -1,6 +1,6 @@
 """Seconds per PPO step on bench model B, by phase (the PPO counterpart of bench.grpo_step).
 
-Workload (DESIGN.md section 7): 8 prompts of 32 random tokens, 8 completions
+Workload: 8 prompts of 32 random tokens, 8 completions
 each of exactly 64 new tokens (EOS disabled), fp32, temperature 1. The policy is
 bench model B with a value head on its trunk (ppo.critic="value_head"), the
 reference is its copy, and the reward model is a scalar-head model of the same

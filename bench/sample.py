@@ -1,6 +1,6 @@
 """Sampling throughput of bench model B, side by side with Hugging Face `generate`.
 
-Workload (DESIGN.md section 7): 8 prompts of 32 tokens, 8 completions each, exactly
+Workload: 8 prompts of 32 tokens, 8 completions each, exactly
 64 new tokens per completion (EOS disabled), fp32, temperature 1. Compilation is
 timed separately; figures are medians over repeats. When torch and transformers
 import, the same weights run as a `LlamaForCausalLM` in the same process and a

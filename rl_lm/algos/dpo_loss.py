@@ -1,4 +1,4 @@
-"""The DPO family's losses (DESIGN.md section 6), pure functions of log-prob sums.
+"""The DPO family's losses, pure functions of log-prob sums.
 
 A preference pair is a prompt x with a chosen response y_w and a rejected one
 y_l. With the summed response log-probs under the policy (lp) and the frozen

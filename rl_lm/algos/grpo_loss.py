@@ -1,4 +1,4 @@
-"""The GRPO family's loss and its reward shaping (DESIGN.md sections 5 and 6).
+"""The GRPO family's loss and its reward shaping.
 
 GRPO (DeepSeekMath), Dr.GRPO, DAPO, RLOO and GSPO differ only in options of
 this one loss: the advantage estimator, the loss aggregation, the clip range,

@@ -1,6 +1,6 @@
 """Nash learning for language models: the losses of approximate Nash-MP, Nash-MD, online IPO.
 
-Notation (DESIGN.md sections 4 and 6): a prompt x, a response y ~ pi_theta
+Notation: a prompt x, a response y ~ pi_theta
 with tokens y_1..y_T under the mask m, lp_t = log pi_theta(y_t | x, y_<t), and
 lp_ref, lp_k the same tokens' log-probs under the reference and the anchor
 pi_k. P = P(y > y' | x) against an opponent's response y'.
@@ -54,7 +54,7 @@ time chunk at a time (`token_kls`), never holding [N, T, V] logits.
 Nash-MD (Munos et al. 2024) for language models: the opponent samples from
 the token-level geometric mixture log_softmax((1 - a) z_pi + a z_ref),
 a = eta beta (the sampler's mix_params / mix_coef), and the loss is the same
-with only the reference KL. DESIGN.md's form beta sum_t sg(lp_t - lp_ref_t) lp_t
+with only the reference KL. The sampled-token form beta sum_t sg(lp_t - lp_ref_t) lp_t
 keeps only the t' = t term of the cost-to-go, which biases the KL gradient
 (tested); the estimators here do not.
 
@@ -65,8 +65,8 @@ P (h - 1/(2 beta))^2 + (1 - P)(h + 1/(2 beta))^2 = (h - (P - 1/2)/beta)^2 + cons
 Its fixed point is pi*_beta as well. No score-function term: the samples are
 treated as data.
 
-Every loss returns (numerator, denominator) sums over rows (DESIGN.md
-section 5), the denominator the number of rows (sequences or pairs).
+Every loss returns (numerator, denominator) sums over rows, the denominator
+the number of rows (sequences or pairs).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tabular Nash learning from human feedback (DESIGN.md section 6).
+"""Tabular Nash learning from human feedback.
 
 A game is a preference matrix `P[..., i, j] = P(y_i > y_j)` with
 `P + P^T = 1` (so `P_ii = 1/2`), a reference distribution `ref[..., n]` and a
@@ -148,8 +148,8 @@ def nash_mp_step(P, ref, pi_k, beta, eta):
     """One exact Nash Mirror Prox iteration (Tiapkin et al. 2025), two preference queries.
 
     The half step pi_{k+1/2} is the proximal step against pi_k, the full step
-    the proximal step (again from pi_k) against pi_{k+1/2}; both in the closed
-    form of DESIGN.md section 6.
+    the proximal step (again from pi_k) against pi_{k+1/2}; both in closed
+    form (`mp_proximal_step`).
 
     Args:
       P: [..., n, n] preference matrix.

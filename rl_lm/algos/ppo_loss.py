@@ -1,4 +1,4 @@
-"""PPO's loss and rollout targets for language models (DESIGN.md section 6).
+"""PPO's loss and rollout targets for language models.
 
 InstructGPT-style PPO: the token reward is -beta * KL_t to the reference, plus
 the sequence score on the last response token; GAE turns rewards and the

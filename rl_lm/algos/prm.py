@@ -3,7 +3,7 @@
 The head's logit z_s at the last token of step s (`core.steps.segment_steps`:
 the delimiter ending the step, or the final token / EOS of the last step)
 scores that step; the model is trained with binary cross-entropy against step
-labels y_s in {0, 1} (DESIGN.md section 6):
+labels y_s in {0, 1}:
 
     loss = sum_{n,s} m_ns [-y_ns log sigmoid(z_ns) - (1 - y_ns) log sigmoid(-z_ns)] / sum m,
 

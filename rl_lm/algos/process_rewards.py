@@ -1,4 +1,4 @@
-"""Process rewards for GRPO: step scores to token advantages (DESIGN.md section 6).
+"""Process rewards for GRPO: step scores to token advantages.
 
 The `grpo.process` config section (off by default, `source="none"`) replaces
 GRPO's one advantage per response by token advantages [N, T] built from

@@ -1,4 +1,4 @@
-"""Group-relative advantages from sequence rewards (DESIGN.md section 5).
+"""Group-relative advantages from sequence rewards.
 
 Rewards arrive as R[B, G]: B prompts, G completions each. Rows of the flat
 batch are grouped prompt-major, so `rewards_N.reshape(B, G)` recovers the

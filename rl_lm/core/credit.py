@@ -1,4 +1,4 @@
-"""Credit assignment from process rewards (DESIGN.md section 6).
+"""Credit assignment from process rewards.
 
 Step rewards p_NxS live under a step mask (from `steps.segment_steps`: the
 existing steps of each row form a prefix). Entries of absent steps may hold

@@ -1,4 +1,4 @@
-"""Generalized advantage estimation over response tokens (DESIGN.md section 6).
+"""Generalized advantage estimation over response tokens.
 
 delta_t = r_t + gamma V_{t+1} - V_t,  A_t = delta_t + gamma lambda A_{t+1},
 returns = A + V, computed by a reverse `lax.scan` over time.

@@ -1,7 +1,7 @@
 """KL estimators, exact KL and entropy from logits, adaptive KL controller.
 
 Per-token estimators of KL(pi || ref) from the log-probs of a token sampled
-from pi, with log r = lp_ref - lp (DESIGN.md section 5):
+from pi, with log r = lp_ref - lp:
 
 - k1 = -log r                    unbiased for KL(pi || ref); can be negative
 - k2 = (log r)^2 / 2             biased, low variance

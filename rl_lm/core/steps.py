@@ -1,4 +1,4 @@
-"""Step segmentation of responses for process rewards (DESIGN.md section 6).
+"""Step segmentation of responses for process rewards.
 
 A response is split into reasoning steps by delimiter tokens (by default the
 newline; with the byte tokenizer that is id 10). Every delimiter token ends a

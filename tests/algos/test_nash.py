@@ -54,7 +54,7 @@ PREF = 0.5 + 0.5 * np.tanh(_A - _A.T)  # P(y_i > y_j), antisymmetric around 1/2
 
 
 def _literal_design_loss(p, batch, model_cfg, cfg, frozen=None):
-    """DESIGN.md's Nash-MD form sum_t sg(lp_t - lp_ref_t) lp_t: no cost-to-go of later tokens."""
+    """The sampled-token Nash-MD form sum_t sg(lp_t - lp_ref_t) lp_t (no cost-to-go)."""
     lp = response_logprobs(p, model_cfg, *(batch[k] for k in nash.ROW_KEYS))
     w = jnp.exp((lp - batch["lp_old"]).sum(axis=1, keepdims=True))
     adv = cfg.beta * (lp - batch["lp_ref"]) - (batch["pref"] - 0.5)[:, None]

@@ -1,4 +1,4 @@
-"""Tests for rl_lm.algos.nash_tabular: DESIGN.md section 6's fixture and convergence facts."""
+"""Tests for rl_lm.algos.nash_tabular: the fixture and convergence facts."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,7 @@ from rl_lm.algos import nash_tabular as nt
 
 BETAS = (0.01, 0.05, 0.1, 0.5, 1.0)
 REF = (0.6, 0.3, 0.1)
-# DESIGN.md section 6: pi*_beta for rock-paper-scissors with ref = REF.
+# pi*_beta for rock-paper-scissors with ref = REF.
 PI_STAR_TABLE = {
     0.01: (0.3410, 0.3215, 0.3376),
     0.05: (0.3774, 0.2765, 0.3461),
@@ -17,7 +17,7 @@ PI_STAR_TABLE = {
     0.5: (0.6435, 0.1932, 0.1633),
     1.0: (0.6416, 0.2344, 0.1240),
 }
-# DESIGN.md section 6: KL(pi* || pi_k) of Nash-MP with beta = 0.1, eta = 0.2, pi_0 = ref.
+# KL(pi* || pi_k) of Nash-MP with beta = 0.1, eta = 0.2, pi_0 = ref.
 KL_TRAJECTORY = {0: 0.20803, 1: 0.12563, 5: 1.3522e-2, 10: 5.9400e-4, 20: 1.1264e-6}
 
 # Callers jit (the library does not); beta and eta stay traced so each shape compiles once.
@@ -116,7 +116,7 @@ def test_exploitability_is_the_regularized_duality_gap_and_positive_off_equilibr
 
 @jax.jit
 def _prox_objective(P, ref, pi_k, opponent, beta, eta, pi):
-    """(1/beta) P(opponent > pi) + KL(pi || ref) + (1/eta) KL(pi || pi_k), as in DESIGN.md."""
+    """(1/beta) P(opponent > pi) + KL(pi || ref) + (1/eta) KL(pi || pi_k)."""
     return (1 - nt.game_value(P, pi, opponent)) / beta + nt.kl(pi, ref) + nt.kl(pi, pi_k) / eta
 
 

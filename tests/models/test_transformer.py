@@ -53,7 +53,7 @@ def test_num_params_matches_tree(name):
 
 @pytest.mark.parametrize("name", ["bench_b", "cpu"])
 def test_preset_sizes(name):
-    # DESIGN.md section 7: bench model B has about 3.3M parameters.
+    # Bench model B has about 3.3M parameters.
     n = PRESETS[name].num_params()
     assert {"bench_b": 3.0e6 < n < 3.6e6, "cpu": 0.5e6 < n < 1.5e6}[name]
 

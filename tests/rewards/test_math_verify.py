@@ -1,7 +1,6 @@
 """The math_verify reward: equivalent answers in any notation score 1, anything else 0."""
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -64,10 +63,19 @@ def test_registered_and_vectorized():
 
 def test_a_check_that_times_out_scores_zero(monkeypatch):
     # 9^(9^(9^9)) has no closed form sympy can compare: the signal alarm stops it.
+    import math_verify
+
     monkeypatch.setattr(math_answers, "TIMEOUT_SECONDS", 1)
-    start = time.perf_counter()
+    timeouts = []
+    parse = math_verify.parse
+
+    def spy(text, **kwargs):
+        timeouts.append(kwargs.get("parsing_timeout"))
+        return parse(text, **kwargs)
+
+    monkeypatch.setattr(math_verify, "parse", spy)
     assert not math_answers.is_equivalent("\\boxed{9^{9^{9^{9}}}}", "3")
-    assert time.perf_counter() - start < 4
+    assert timeouts == [1, 1]  # In the main thread every parse is bounded by the alarm.
 
 
 def test_works_outside_the_main_thread():

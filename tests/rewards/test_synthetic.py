@@ -170,7 +170,7 @@ def _softmax(z):
 
 
 def _nash_mp(p, ref, beta, iters=300):
-    """Exact tabular Nash-MP (DESIGN.md section 6) with eta = 2 beta."""
+    """Exact tabular Nash-MP with eta = 2 beta."""
     eta, pi = 2 * beta, ref
     for _ in range(iters):
         half = _softmax(
@@ -186,7 +186,7 @@ def _nash_mp(p, ref, beta, iters=300):
     "beta,expected", [(0.1, [0.4321, 0.2303, 0.3376]), (0.5, [0.6435, 0.1932, 0.1633])]
 )
 def test_class_level_nash_matches_the_design_table(beta, expected):
-    # The favourite's game is the DESIGN.md fixture, rotated so the favourite comes first.
+    # The favourite's game is test_nash_tabular.py's fixture, rotated to put the favourite first.
     for fav in range(3):
         prompt = [synthetic.rps_prompt(synthetic.RPS_CLASSES[fav], 1.0, 5)]
         p, ref = synthetic.rps_preference_matrix(prompt)[0], synthetic.rps_reference(prompt)[0]
