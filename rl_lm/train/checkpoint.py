@@ -49,6 +49,7 @@ class Checkpointer:
         self._keep = keep
         self._async = async_save
         self._pending: int | None = None  # The step of a save that may still be running.
+        self._failed_steps: set[int] = set()  # Steps whose save failed (their tmp dirs go).
         self._manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:
@@ -104,9 +105,8 @@ class Checkpointer:
         # Closing lets the writes still in flight settle; reopening refreshes the steps
         # (orbax forgot those the failed save was to delete).
         self._manager.close()
-        if jax.process_index() == 0:
-            for tmp in self.directory.glob(f"{step}{ocp.path.step.TMP_DIR_SUFFIX}*"):
-                shutil.rmtree(tmp, ignore_errors=True)
+        self._failed_steps.add(step)
+        self._sweep()
         self._manager = self._open()
         existing = next(p for p in (self.directory, *self.directory.parents) if p.exists())
         try:
@@ -123,12 +123,33 @@ class Checkpointer:
             f"and is writable: the run {resume}."
         ) from error
 
+    def _sweep(self) -> None:
+        """Removes the temporary directories of failed saves (process 0).
+
+        Writes the failed save had in flight may still land for a moment after
+        the manager closed, so a directory is gone only once several looks in a
+        row (over a few tenths of a second, at most ~5 s) find none.
+        """
+        if jax.process_index() != 0 or not self._failed_steps:
+            return
+        suffix = ocp.path.step.TMP_DIR_SUFFIX
+        clean = 0
+        for _ in range(50):
+            tmps = [t for s in self._failed_steps for t in self.directory.glob(f"{s}{suffix}*")]
+            for tmp in tmps:
+                shutil.rmtree(tmp, ignore_errors=True)
+            clean = 0 if tmps else clean + 1
+            if clean == 3:
+                return
+            time.sleep(0.1)
+
     def close(self) -> None:
         """Waits for pending saves (raising RunError if one failed), then closes."""
         try:
             self.wait()
         finally:
             self._manager.close()
+            self._sweep()
 
     def restore(self, step: int, abstract_state: Any) -> Any:
         """Restores `step` into the layout of `abstract_state` (ShapeDtypeStructs

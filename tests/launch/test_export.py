@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from configs import ppo_arith, sft_arith
-from launch import export
 from rl_lm import analysis
+from rl_lm.analysis import export
 from rl_lm.models import hf
 from rl_lm.models.transformer import forward, init_params, logits
 from rl_lm.train import hf_start, loop
