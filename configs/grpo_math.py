@@ -19,6 +19,7 @@ Bring two things (nothing is downloaded at run time):
 2. A local checkpoint of a Llama- or Qwen-family model (config.json, safetensors,
    tokenizer.json): init.hf_dir sets the model's shape, the tokenizer and the
    starting policy, which is also the KL reference (rl_lm/train/hf_start.py).
+   It is required: without it the run stops at start, saying so.
 
 Train, then export the policy as a Hugging Face model directory:
 
@@ -82,6 +83,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ),
         init=base.init(),
     )
+    # Its sizes are for a real model: without init.hf_dir the run fails at start
+    # (rl_lm.train.preflight.check_init) rather than train the placeholder model.
+    config.init.require_hf_dir = not arg.runlocal
     # DeepSeekMath's GRPO (Shao et al. 2024): k3 KL in the loss, beta 0.04, lr 1e-6.
     config.grpo.update(
         num_generations=8,

@@ -235,6 +235,7 @@ def _start(config: Any, workdir: Path) -> tuple[common.Trainer, Checkpointer, An
     Returns:
       (trainer, checkpointer, state, its step).
     """
+    preflight.check_init(config)
     preflight.check_lengths(config)
     compare_config(config, workdir)
     mesh = parallel.make_mesh(config.mesh)
@@ -244,7 +245,7 @@ def _start(config: Any, workdir: Path) -> tuple[common.Trainer, Checkpointer, An
         init_from = warm_start.initial_params(
             config, workdir, resuming=bool(ckpt.steps()), run_stage=train
         )
-        trainer = registry.make_trainer(config, mesh, init_from)
+        trainer = _make_trainer(config, mesh, init_from)
         state, start = ckpt.restore_latest(trainer.abstract_state)
         if state is None:
             state, start = trainer.init_state(jax.random.PRNGKey(config.seed)), 0
@@ -257,6 +258,20 @@ def _start(config: Any, workdir: Path) -> tuple[common.Trainer, Checkpointer, An
     else:
         announce(f"Resumed from step {start} of {ckpt.directory}.")
     return trainer, ckpt, state, start
+
+
+def _make_trainer(config: Any, mesh: Any, init_from: Any) -> common.Trainer:
+    """`registry.make_trainer`, its ValueErrors (a contradictory config) as one-line ConfigErrors.
+
+    The algorithms validate their sections there and raise ValueError naming the
+    fields; any other exception is a bug, and keeps its traceback.
+    """
+    try:
+        return registry.make_trainer(config, mesh, init_from)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"config.algo={config.algo!r} cannot start: {e}") from e
 
 
 def _latest(ckpt: Checkpointer) -> str:

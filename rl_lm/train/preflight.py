@@ -84,3 +84,18 @@ def check_lengths(config: Any) -> None:
         raise ConfigError(
             "; ".join(problems) + ". Raise model.max_seq_len or shorten the sequences."
         )
+
+
+def check_init(config: Any) -> None:
+    """Raises ConfigError when the config needs a checkpoint (init.require_hf_dir) and has none.
+
+    A config tuned for a real model (configs/grpo_math.py) would otherwise train
+    its placeholder random model without a word.
+    """
+    init = config.get("init")
+    if init is not None and init.get("require_hf_dir") and not init.get("hf_dir"):
+        raise ConfigError(
+            "This config starts from a Hugging Face checkpoint: pass --config.init.hf_dir=DIR "
+            "(a local model directory with config.json, *.safetensors and tokenizer.json); "
+            "without it the run would train a random placeholder model."
+        )

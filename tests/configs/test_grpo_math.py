@@ -2,31 +2,17 @@
 the math_verify reward plus a user reward by import path, then launch.export."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from configs import grpo_math
 from rl_lm.data import jsonl
+from rl_lm.train import preflight
+from rl_lm.train.report import ConfigError
 from tests import hf_fixtures
+from tests.launch_helpers import run_launch
 
-REPO = Path(__file__).resolve().parents[2]
 USER_FN = "tests.rewards.user_reward_fixture"
-
-
-def _run(module, *flags, data_dir):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RL_LM_DATA_DIR": str(data_dir)}
-    return subprocess.run(
-        [sys.executable, "-m", module, *flags],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def test_config_scores_with_math_verify():
@@ -35,6 +21,16 @@ def test_config_scores_with_math_verify():
     assert config.eval.answer == "math_verify" and config.data.name == "jsonl/math"
     local = grpo_math.get_config("runlocal")
     assert local.data.max_prompt_len + local.grpo.max_new_tokens <= local.model.max_seq_len
+
+
+def test_only_runlocal_starts_without_a_checkpoint():
+    with pytest.raises(ConfigError, match=r"pass --config.init.hf_dir=DIR \("):
+        preflight.check_init(grpo_math.get_config())
+    preflight.check_init(grpo_math.get_config("runlocal"))
+    config = grpo_math.get_config()
+    with config.unlocked():
+        config.init.hf_dir = "/models/any"
+    preflight.check_init(config)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +64,7 @@ def prepared(tmp_path_factory):
 def test_runlocal_trains_from_a_checkpoint_and_exports(prepared, tmp_path):
     ckpt, data_dir = prepared
     run, out = tmp_path / "run", tmp_path / "export"
-    done = _run(
+    done = run_launch(
         "launch.train",
         "--config=configs/grpo_math.py:runlocal",
         f"--workdir={run}",
@@ -87,14 +83,14 @@ def test_runlocal_trains_from_a_checkpoint_and_exports(prepared, tmp_path):
     # math_verify in {0, 1} plus 0.25 * short in {0, 1}: a mean in [0, 1.25].
     assert rewards and all(0.0 <= r <= 1.25 for r in rewards)
 
-    exported = _run("launch.export", f"--workdir={run}", f"--out={out}", data_dir=data_dir)
+    exported = run_launch("launch.export", f"--workdir={run}", f"--out={out}", data_dir=data_dir)
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert (out / "config.json").exists() and (out / "tokenizer.json").exists()
 
 
 def test_a_broken_user_reward_fails_at_start_naming_it(prepared, tmp_path):
     ckpt, data_dir = prepared
-    done = _run(
+    done = run_launch(
         "launch.train",
         "--config=configs/grpo_math.py:runlocal",
         f"--workdir={tmp_path}",

@@ -2,9 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -18,27 +15,13 @@ from rl_lm.models.transformer import forward, init_params, logits
 from rl_lm.train import hf_start, loop
 from rl_lm.train.checkpoint import Checkpointer
 from tests import hf_fixtures
+from tests.launch_helpers import run_launch
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-REPO = Path(__file__).resolve().parents[2]
 FAMILIES = {"llama": {"tie_word_embeddings": True}, "qwen2": {}}
 TEXTS = ["17+25=42", "99+1=100 and some words"]
-
-
-def _run(module, *flags, data_dir=None):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    if data_dir is not None:
-        env["RL_LM_DATA_DIR"] = str(data_dir)
-    return subprocess.run(
-        [sys.executable, "-m", module, *flags],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +36,7 @@ def sources(tmp_path_factory):
 
 def _train_from(source, workdir, data_dir):
     """2 SFT steps started from `source` by --config.init.hf_dir alone."""
-    done = _run(
+    done = run_launch(
         "launch.train",
         "--config=configs/sft_arith.py:runlocal",
         f"--config.init.hf_dir={source}",
@@ -84,7 +67,7 @@ def test_a_run_from_hf_dir_exports_to_transformers(sources, family, tmp_path_fac
     workdir = _train_from(source, tmp_path / "run", tmp_path_factory.getbasetemp() / "data")
     assert not (workdir / "warm_start").exists()  # sft_arith has none; hf_dir needs none.
     out = tmp_path / "export"
-    done = _run("launch.export", f"--workdir={workdir}", f"--out={out}")
+    done = run_launch("launch.export", f"--workdir={workdir}", f"--out={out}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout == (
         f"Exported step 2 of {workdir} to {out} (from {source}, max_position_embeddings=64; "
@@ -179,11 +162,11 @@ def test_errors_are_one_line_and_change_nothing(tmp_path):
     assert listing() == before
     out.mkdir()
     (out / "notes.txt").write_text("kept")
-    done = _run("launch.export", f"--workdir={workdir}", f"--out={out}")
+    done = run_launch("launch.export", f"--workdir={workdir}", f"--out={out}")
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr == f"--out={out} exists and is not empty; choose a new directory.\n"
     assert os.listdir(out) == ["notes.txt"]
-    done = _run("launch.convert", f"--params_dir={workdir}")
+    done = run_launch("launch.convert", f"--params_dir={workdir}")
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
         f"--params_dir={workdir} is a training run's workdir, not a params directory; export "

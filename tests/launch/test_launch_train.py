@@ -2,8 +2,6 @@
 
 import hashlib
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -15,8 +13,8 @@ from configs import sft_arith
 from rl_lm.analysis import load_metrics
 from rl_lm.train import preflight
 from rl_lm.train.checkpoint import load_state, saved_steps
+from tests.launch_helpers import last_line, run_launch
 
-REPO = Path(__file__).resolve().parents[2]
 CONFIG = "--config=configs/sft_arith.py:runlocal"
 # Run the launcher with orbax's file writes for step 4 failing as on a full disk.
 FULL_DISK = textwrap.dedent(
@@ -42,20 +40,7 @@ def data_dir(tmp_path_factory):
 
 
 def _launch(*flags, data_dir, code=None):
-    command = [sys.executable, "-c", code] if code else [sys.executable, "-m", "launch.train"]
-    return subprocess.run(
-        [*command, *flags],
-        cwd=REPO,
-        env={**os.environ, "RL_LM_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
-def _last_line(out):
-    assert "Traceback" not in out.stderr, out.stderr[-3000:]
-    return out.stderr.strip().splitlines()[-1]
+    return run_launch("launch.train", *flags, data_dir=data_dir, code=code)
 
 
 def _hashes(directory):
@@ -76,7 +61,7 @@ def test_a_diverging_run_stops_before_saving_a_nan(data_dir, tmp_path):
         data_dir=data_dir,
     )
     assert out.returncode == 1
-    line = _last_line(out)
+    line = last_line(out)
     assert line.startswith("Training diverged at step 2: "), line
     assert line.endswith(
         ". Likely the learning rate is too high (optim.lr=1e+09), or gradients are not clipped "
@@ -98,7 +83,7 @@ def test_a_failed_save_is_one_line_and_leaves_no_partial_checkpoint(data_dir, tm
     flags = (CONFIG, f"--workdir={tmp_path}", "--config.train.ckpt_every=2")
     out = _launch(*flags, data_dir=data_dir, code=FULL_DISK)
     assert out.returncode == 1
-    line = _last_line(out)
+    line = last_line(out)
     assert line.startswith(
         f"Saving checkpoint step 4 to {tmp_path / 'checkpoints' / '4'} failed (OSError: "
         "[Errno 28] No space left on device: "
@@ -137,10 +122,33 @@ def test_a_sequence_longer_than_the_context_fails_at_start(data_dir, tmp_path):
         CONFIG, f"--workdir={tmp_path / 'run'}", "--config.model.max_seq_len=10", data_dir=data_dir
     )
     assert out.returncode == 1
-    assert _last_line(out) == (
+    assert last_line(out) == (
         "data.max_len=12 exceeds model.max_seq_len=10: training rows would not fit the "
         "model's context; data.max_prompt_len=8 + eval.max_new_tokens=5 = 13 exceeds "
         "model.max_seq_len=10. Raise model.max_seq_len or shorten the sequences."
     )
     assert "train:" not in out.stderr  # Not a single step.
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ("--config=configs/grpo_math.py:runlocal", "--config.grpo.num_generations=1"),
+            "config.algo='grpo' cannot start: Invalid GRPO config: grpo.num_generations must "
+            "be >= 2 (group advantages need a group).",
+        ),
+        (
+            ("--config=configs/grpo_math.py",),
+            "This config starts from a Hugging Face checkpoint: pass --config.init.hf_dir=DIR "
+            "(a local model directory with config.json, *.safetensors and tokenizer.json); "
+            "without it the run would train a random placeholder model.",
+        ),
+    ],
+)
+def test_a_config_that_cannot_start_is_one_line(flags, message, data_dir, tmp_path):
+    out = _launch(*flags, f"--workdir={tmp_path / 'run'}", data_dir=data_dir)
+    assert out.returncode == 1
+    assert last_line(out) == message
     assert not (tmp_path / "run").exists()

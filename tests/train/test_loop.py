@@ -241,3 +241,23 @@ def test_the_events_a_user_follows_are_on_stdout(finished_run, tmp_path, capsys)
     assert lines[0].startswith(moved)
     assert lines[1] == f"Resumed from step 4 of {workdir / 'checkpoints'}."
     assert lines[2].startswith("Finished step 6: held-out accuracy ")
+
+
+@pytest.mark.parametrize(
+    "error, raised",
+    [(ValueError("dpo.beta=0 must be > 0"), ConfigError), (TypeError("a bug"), TypeError)],
+)
+def test_make_trainer_errors_a_config_error_or_a_bug(
+    data_dir, tmp_path, monkeypatch, error, raised
+):
+    def make_trainer(config, mesh, init_from=None):
+        raise error
+
+    monkeypatch.setitem(registry.ALGOS, "sft", make_trainer)
+    with pytest.raises(raised) as e:
+        loop.train(_config(data_dir), tmp_path / "run")
+    if raised is ConfigError:
+        assert str(e.value) == "config.algo='sft' cannot start: dpo.beta=0 must be > 0"
+    else:
+        assert e.value is error  # A bug keeps its own type and traceback.
+    assert not (tmp_path / "run").exists()
