@@ -10,9 +10,9 @@ With `grpo.reward_source` = "reward_model" the sequence reward is a learned
 Bradley-Terry reward model's score (`config.reward_model`, as PPO's; see
 `rl_lm.algos.rm_rewards`), with "both" the sum of that score and the verifiable
 rewards; the reward model's params ride in the state as `rm_params`. On tasks
-with a hidden true reward (sort_pref) each rollout's true reward is logged next
-to the learned one, and evaluation is the win rate over the reference (kept in
-the state for it) instead of exact match.
+with a hidden true reward (`rl_lm.tasks`) each rollout's true reward is logged
+next to the learned one; a task that names the win-rate evaluation is evaluated
+by win rate over the reference (kept in the state for it) instead of exact match.
 
 With `grpo.process.source` set, the advantages are per token instead: step
 scores (a programmatic checker or a frozen learned PRM) go through a credit
@@ -39,8 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from rl_lm import parallel
-from rl_lm.algos import common, grpo_loss, preference_eval, prime, process_rewards, rm_rewards
+from rl_lm import parallel, tasks
+from rl_lm.algos import common, grpo_loss, prime, process_rewards, rm_rewards
 from rl_lm.core import advantages
 from rl_lm.data import load_source, prompt_batches
 from rl_lm.models.tokenizer import check_vocab, load_tokenizer
@@ -83,19 +83,21 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         )
     train_source = load_source(data.name, "train", data_dir=data.data_dir)
     test_source = load_source(data.name, "test", data_dir=data.data_dir)
+    task = tasks.for_config(config)
     # Built-in weights plus the user's functions by import path (rl_lm.rewards.user).
     reward_fn = user.combine(dict(cfg.rewards), cfg.get("reward_fns", ""), "grpo.reward_fns")
-    answer_format = config.eval.get("answer", "any")  # what train_accuracy counts as an answer
+    # What train_accuracy counts as an answer.
+    answer_format = config.eval.get("answer", task.answer)
     rm_cfg = rm_rewards.model_config(config, cfg.reward_source, "grpo.reward_source")
     use_rm = rm_cfg is not None
     use_verifiable = cfg.reward_source != "reward_model"
     rm_scores = rm_rewards.make_scorer(rm_cfg, mesh) if use_rm else None
-    true_reward = rm_rewards.make_true_reward(data.name, tokenizer)
+    true_reward = rm_rewards.make_true_reward(task, tokenizer)
     use_ref = cfg.beta > 0 and cfg.kl_placement != "none"
     use_prime = process_rewards.enabled(cfg.get("process")) and cfg.process.source == "prime"
     # The preference evaluation compares with the reference, whatever the loss does;
     # PRIME's implicit rewards are log-ratios to it.
-    keep_ref = use_ref or use_prime or preference_eval.judge_for(data.name) is not None
+    keep_ref = use_ref or use_prime or tasks.WIN_RATE in task.evals
     num_updates = train.num_steps * updates_per_rollout
     optimizer = common.make_optimizer(config.optim, num_updates)
     param_specs = partition_specs(model_cfg, config.rules)
@@ -330,7 +332,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
                 metrics[name] = float(stats[name])
         return state, metrics
 
-    policy_eval = rm_rewards.make_policy_eval(config, mesh, model_cfg, tokenizer, test_source)
+    policy_eval = rm_rewards.make_policy_eval(config, mesh, model_cfg, tokenizer, test_source, task)
     return common.Trainer(
         mesh=mesh,
         init_state=init_state,

@@ -53,7 +53,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from rl_lm import parallel
+from rl_lm import parallel, tasks
 from rl_lm.algos import common, nash_eval, nash_loss, preference_eval
 from rl_lm.data import load_source, prompt_batches
 from rl_lm.models.tokenizer import check_vocab, load_tokenizer
@@ -217,6 +217,7 @@ def make_trainer(
         )
     train_source = load_source(data.name, "train", data_dir=data.data_dir)
     test_source = load_source(data.name, "test", data_dir=data.data_dir)
+    task = tasks.for_config(config)
     if preference is None:
         preference = preference_model.programmatic(cfg.preference)
     rollouts = _Rollouts(mesh, model_cfg, tokenizer, cfg, preference, g)
@@ -329,7 +330,7 @@ def make_trainer(
         while True:
             yield [next(stream) for _ in range(rollouts_per_step)]
 
-    evaluate = _make_evaluate(config, mesh, model_cfg, tokenizer, test_source)
+    evaluate = _make_evaluate(config, mesh, model_cfg, tokenizer, test_source, task)
     return common.Trainer(
         mesh=mesh,
         init_state=init_state,
@@ -359,8 +360,8 @@ def _optimizer(config: Any, algo: str) -> optax.GradientTransformation:
     return optax.chain(optimizer, optax.scale_by_schedule(cosine))
 
 
-def _make_evaluate(config, mesh, model_cfg, tokenizer, test_source):
-    """Win rate over the reference and KL to it; on rps_pref, the distance to pi*_beta."""
+def _make_evaluate(config, mesh, model_cfg, tokenizer, test_source, task):
+    """Win rate over the reference and KL to it, and the task's class evaluation if it names one."""
     ev, data = config.eval, config.data
     sizes = dict(num_examples=ev.num_examples, batch_size=ev.batch_size, seed=ev.seed)
     sample_eval = preference_eval.make_sample_eval(
@@ -368,14 +369,14 @@ def _make_evaluate(config, mesh, model_cfg, tokenizer, test_source):
         model_cfg,
         tokenizer,
         test_source,
-        data.name,
+        task,
         max_prompt_len=data.max_prompt_len,
         max_new_tokens=config.nash.max_new_tokens,
         greedy=False,
         **sizes,
     )
     class_eval = None
-    if data.name.partition("/")[0] == "rps_pref":
+    if tasks.RPS_CLASSES in task.evals:
         class_eval = nash_eval.make_class_eval(
             mesh, model_cfg, tokenizer, test_source, beta=config.nash.beta,
             max_prompt_len=data.max_prompt_len, **sizes,

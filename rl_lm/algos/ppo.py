@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from rl_lm import parallel
+from rl_lm import parallel, tasks
 from rl_lm.algos import common, ppo_loss, process_rewards, reward_model, rm_rewards
 from rl_lm.core.kl import adaptive_kl_update
 from rl_lm.data import load_source, prompt_batches
@@ -108,13 +108,14 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         )
     train_source = load_source(data.name, "train", data_dir=data.data_dir)
     test_source = load_source(data.name, "test", data_dir=data.data_dir)
+    task = tasks.for_config(config)
     use_rm = rm_cfg is not None
     use_verifiable = cfg.reward.source != "reward_model"
     verifiable_fn = None
     if use_verifiable:  # Built-in weights plus the user's functions (rl_lm.rewards.user).
         spec = cfg.reward.get("reward_fns", "")
         verifiable_fn = user.combine(dict(cfg.reward.verifiable), spec, "ppo.reward.reward_fns")
-    true_reward = rm_rewards.make_true_reward(data.name, tokenizer)
+    true_reward = rm_rewards.make_true_reward(task, tokenizer)
     proc = cfg.get("process")
     process = process_rewards.make(proc, g, config.model, tokenizer, mesh, "ppo.process")
 
@@ -321,7 +322,9 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         )
         return state, metrics
 
-    policy_eval = rm_rewards.make_policy_eval(config, mesh, policy_cfg, tokenizer, test_source)
+    policy_eval = rm_rewards.make_policy_eval(
+        config, mesh, policy_cfg, tokenizer, test_source, task
+    )
     return common.Trainer(
         mesh=mesh,
         init_state=init_state,

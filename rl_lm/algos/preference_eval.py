@@ -4,7 +4,7 @@ Two fixed held-out sets, identical on every process and every call:
 - pairs: the first `num_examples` pairs of the `seed` shuffle of the test split,
   scored by any per-pair function (summed log-probs, reward-model scores);
 - prompts: the first `num_examples` prompts of that shuffle, for sampling. On
-  datasets with a hidden ground truth (`judge_for`), the policy's samples are
+  tasks with a judge (`rl_lm.tasks.Task.judge`), the policy's samples are
   judged against the reference's samples on the same prompts with the same
   random keys (common random numbers: at pi = ref every comparison is a tie and
   the win rate is exactly 1/2).
@@ -14,42 +14,18 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from rl_lm import parallel
+from rl_lm import parallel, tasks
 from rl_lm.data import preference_batches, prompt_batches
 from rl_lm.models.config import ModelConfig
-from rl_lm.rewards import synthetic
 from rl_lm.sampling.logprobs import response_logprobs
 from rl_lm.sampling.sampler import make_sampler
-
-# (prompts, responses_a, responses_b) -> P(a > b) per prompt, float [N].
-Judge = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
-RewardFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]
-
-
-def judge_for(dataset_name: str) -> tuple[Judge, RewardFn | None] | None:
-    """The ground-truth judge (and true reward, if any) of a synthetic dataset.
-
-    sort_pref: a is preferred when its true reward is higher (1/2 on ties);
-    rps_pref: the task's intransitive P(a > b), no reward. Other datasets: None.
-    """
-    family = dataset_name.partition("/")[0]
-    if family == "sort_pref":
-        reward = synthetic.true_reward
-
-        def judge(prompts, a, b):
-            return 0.5 + 0.5 * np.sign(reward(prompts, a) - reward(prompts, b))
-
-        return judge, reward
-    if family == "rps_pref":
-        return synthetic.intransitive_preference, None
-    return None
 
 
 def _check_sizes(mesh: Mesh, num_examples: int, batch_size: int, size: int) -> int:
@@ -119,7 +95,7 @@ def make_sample_eval(
     model_cfg: ModelConfig,
     tokenizer: Any,
     source: Any,
-    dataset_name: str,
+    task: tasks.Task | str,
     *,
     num_examples: int,
     batch_size: int,
@@ -131,19 +107,21 @@ def make_sample_eval(
 ) -> Callable[[Any, Any], dict[str, float]] | None:
     """Builds (params, ref_params) -> win rate over the reference, true reward, KL.
 
-    None when the dataset has no ground truth (`judge_for`). Otherwise, on the
+    `task` is a Task or a dataset name (`tasks.for_dataset`). None when the
+    task has no win-rate evaluation (no judge). Otherwise, on the
     fixed held-out prompts, with temperature-1 samples:
       "win_rate": mean judge P(policy sample > reference sample);
-      "reward", "ref_reward": mean true reward of each (sort_pref only);
+      "reward", "ref_reward": mean true reward of each (tasks with a true reward);
       "kl": mean over samples of sum_t (log pi - log ref), an unbiased estimate
         of the sequence KL(pi || ref);
     and with `greedy`, the same comparisons of greedy decodes ("*_greedy").
     The reference's samples are drawn once and reused.
     """
-    judged = judge_for(dataset_name)
-    if judged is None:
+    if isinstance(task, str):  # dpo.py passes its dataset's name
+        task = tasks.for_dataset(task)
+    if tasks.WIN_RATE not in task.evals:
         return None
-    judge, reward_fn = judged
+    judge, reward_fn = task.judge, task.true_reward
     batch_size = _check_sizes(mesh, num_examples, batch_size, len(source))
     stream = prompt_batches(
         source,

@@ -7,8 +7,9 @@ finished reward-model run (its latest checkpoint), or `stage`, a reward-model
 experiment trained on a fresh start, from the policy's starting trunk (the SFT
 warm start), before the first step. The reward model's params ride in the train
 state as `rm_params`, so a checkpoint holds them and a resumed run reloads
-nothing. On tasks with a hidden true reward (sort_pref) the trainers log it per
-rollout next to the learned one, and evaluate by win rate over the reference.
+nothing. On tasks with a hidden true reward (`rl_lm.tasks.Task.true_reward`) the
+trainers log it per rollout next to the learned one; tasks that name the win-rate
+evaluation are evaluated by win rate over the reference.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from rl_lm import parallel
+from rl_lm import parallel, tasks
 from rl_lm.algos import common, evaluation, preference_eval, reward_model
 from rl_lm.models.config import ModelConfig
 from rl_lm.models.transformer import Params, init_params, partition_specs
@@ -141,16 +142,15 @@ def make_scorer(rm_cfg: ModelConfig, mesh: Mesh) -> Callable[[Params, dict[str, 
 
 
 def make_true_reward(
-    dataset_name: str, tokenizer: Any
+    task: tasks.Task, tokenizer: Any
 ) -> Callable[[dict[str, np.ndarray], Sequence[str]], np.ndarray] | None:
     """(global prompt batch of B rows, N = B * G response texts) -> hidden true reward [N].
 
-    None when the dataset has no true reward (`preference_eval.judge_for`).
+    None when the task has no true reward.
     """
-    judged = preference_eval.judge_for(dataset_name)
-    if judged is None or judged[1] is None:
+    reward_fn = task.true_reward
+    if reward_fn is None:
         return None
-    reward_fn = judged[1]
 
     def true_reward(prompts, texts):
         prompt_texts = tokenizer.decode_batch(
@@ -163,23 +163,28 @@ def make_true_reward(
 
 
 def make_policy_eval(
-    config: Any, mesh: Mesh, policy_cfg: ModelConfig, tokenizer: Any, test_source: Any
+    config: Any,
+    mesh: Mesh,
+    policy_cfg: ModelConfig,
+    tokenizer: Any,
+    test_source: Any,
+    task: tasks.Task,
 ) -> Callable[[Params, Params | None], dict[str, float]]:
     """The held-out evaluation of a policy: (params, ref_params) -> {name: float}.
 
-    On preference tasks with a ground truth (sort_pref): the win rate over the
-    reference under the true reward, the mean true reward and the sequence KL
-    (`preference_eval.make_sample_eval`); otherwise greedy exact-match accuracy
-    (the reference is not used).
+    On tasks that name the win-rate evaluation: the win rate over the reference
+    under the task's judge, the mean true reward (where known) and the sequence
+    KL (`preference_eval.make_sample_eval`); otherwise greedy exact-match
+    accuracy (the reference is not used).
     """
     data, ev = config.data, config.eval
-    if preference_eval.judge_for(data.name) is not None:
+    if tasks.WIN_RATE in task.evals:
         return preference_eval.make_sample_eval(
             mesh,
             policy_cfg,
             tokenizer,
             test_source,
-            data.name,
+            task,
             num_examples=ev.num_examples,
             batch_size=ev.batch_size,
             max_prompt_len=data.max_prompt_len,
@@ -197,6 +202,6 @@ def make_policy_eval(
         max_prompt_len=data.max_prompt_len,
         max_new_tokens=ev.max_new_tokens,
         seed=ev.seed,
-        answer=ev.get("answer", "any"),
+        answer=ev.get("answer", task.answer),
     )
     return lambda params, ref_params: heldout(params)
