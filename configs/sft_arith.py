@@ -10,6 +10,8 @@ CPU smoke run (tiny model, a few steps):
     python -m launch.train --config=configs/sft_arith.py:runlocal --workdir=/tmp/sft_smoke
 
 Other difficulties: --config.data.name=arithmetic/add3 (see rl_lm/data/arithmetic.py).
+Packed rows (same loss and gradient, fewer padding slots): --config.data.pack=True
+--config.data.max_len=48 --config.data.pack_rows=32.
 """
 
 import ml_collections
@@ -31,6 +33,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 batch_size=128,
                 max_len=12,  # [BOS] 99+99= 198 [EOS]
                 max_prompt_len=8,
+                # Pack each step's batch_size examples into pack_rows rows of max_len
+                # (rl_lm.data.packing); e.g. max_len=48, pack_rows=32 holds 128 sums.
+                pack=False,
+                pack_rows=config_dict.placeholder(int),
             )
         ),
         sft=ml_collections.ConfigDict(dict(chunk_size=128)),

@@ -6,6 +6,11 @@ JSONL sft dataset, on its assistant turns, rendered with the tokenizer's chat
 template: see `rl_lm.data.chat.chat_tokens`). The denominator counts
 the target tokens of the whole optimizer batch, so microbatching and sharding
 leave the gradient unchanged.
+
+With `data.pack`, each step's examples are packed several to a row
+(`rl_lm.data.packing`): the forward pass keeps segments apart, and the loss
+sums over the same target tokens, so it and its gradient equal the unpacked
+step's (tests/algos/test_sft_packing.py).
 """
 
 from __future__ import annotations
@@ -22,8 +27,25 @@ from rl_lm.algos import common, evaluation
 from rl_lm.data import chat, load_source, sft_batches
 from rl_lm.models.config import ModelConfig
 from rl_lm.models.tokenizer import check_vocab, load_tokenizer
-from rl_lm.models.transformer import Params, init_params, partition_specs
-from rl_lm.sampling.logprobs import token_logprobs
+from rl_lm.models.transformer import Params, forward, init_params, partition_specs
+from rl_lm.sampling.logprobs import hidden_logprobs, token_logprobs
+
+
+def _packed_logprobs(params, cfg, batch, chunk_size):
+    """log p(x[t] | earlier tokens of its segment); 0 at each segment's first token."""
+    tokens_NxT, positions_NxT = batch["tokens"], batch["positions"]
+    hidden_NxTxD, _ = forward(
+        params,
+        tokens_NxT,
+        cfg,
+        positions_NxT=positions_NxT,
+        segment_ids_NxT=batch["segment_ids"],
+    )
+    logp_NxT = hidden_logprobs(
+        params, cfg, hidden_NxTxD[:, :-1], tokens_NxT[:, 1:], chunk_size=chunk_size
+    )
+    logp_NxT = jnp.pad(logp_NxT, ((0, 0), (1, 0)))
+    return jnp.where(positions_NxT > 0, logp_NxT, 0.0)
 
 
 def loss_fn(
@@ -34,16 +56,22 @@ def loss_fn(
     Args:
       params: model parameters.
       batch: "tokens" [N, T] and "loss_mask" [N, T] (1 where tokens[t] is a target
-        predicted from tokens[<t]).
+        predicted from tokens[<t]); packed rows also hold "segment_ids" and
+        "positions" [N, T] (`rl_lm.data.packing.pack`), and then the prediction
+        is from the earlier tokens of tokens[t]'s own segment.
       cfg: the model config.
       chunk_size: time chunk of the output projection (full [N, T, V] logits are
         never formed).
 
     Returns:
       ((sum of target-token NLL, number of target tokens), metrics), where metrics
-      holds "target_tokens" per row as (count, rows).
+      holds "target_tokens" per row as (count, rows) (rows of the batch: packed
+      rows hold several examples).
     """
-    logp_NxT = token_logprobs(params, cfg, batch["tokens"], chunk_size=chunk_size)
+    if "segment_ids" in batch:
+        logp_NxT = _packed_logprobs(params, cfg, batch, chunk_size)
+    else:
+        logp_NxT = token_logprobs(params, cfg, batch["tokens"], chunk_size=chunk_size)
     m_NxT = batch["loss_mask"].astype(jnp.float32)
     num, den = -jnp.sum(logp_NxT * m_NxT), jnp.sum(m_NxT)
     rows = jnp.asarray(m_NxT.shape[0], jnp.float32)
@@ -59,7 +87,10 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     tokenizer = load_tokenizer(config.tokenizer)
     check_vocab(tokenizer, cfg.vocab_size)
     data, train = config.data, config.train
-    common.check_batch_size(data.batch_size, mesh, train.num_microbatches, "data.batch_size")
+    rows = data.pack_rows if data.pack else data.batch_size
+    common.check_batch_size(
+        rows, mesh, train.num_microbatches, "data.pack_rows" if data.pack else "data.batch_size"
+    )
     train_source = load_source(data.name, "train", data_dir=data.data_dir)
     test_source = load_source(data.name, "test", data_dir=data.data_dir)
     if "messages" in train_source[0]:  # Conversations: fail now, not at the first batch.
@@ -93,12 +124,13 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
             start_step=start_step,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
+            pack_rows=rows if data.pack else None,
         )
 
     def step(state, batch):
-        arrays = parallel.shard_batch(batch, mesh, data.batch_size)
+        arrays = parallel.shard_batch(batch, mesh, rows)
         state, metrics = update(state, arrays)
-        return state, {**metrics, "tokens": data.batch_size * data.max_len}
+        return state, {**metrics, "tokens": rows * data.max_len}
 
     heldout = evaluation.make_exact_match_eval(
         mesh,

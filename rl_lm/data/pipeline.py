@@ -22,6 +22,8 @@ from typing import Any
 import grain
 import numpy as np
 
+from rl_lm.data import packing
+
 # The datasets are small and rows cheap: a little read-ahead overlaps the next
 # batch with the train step without holding many batches in memory.
 _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
@@ -65,6 +67,7 @@ def _batches(
     start_step: int,
     process_index: int,
     process_count: int,
+    batch_fn: Callable[[Sequence[dict]], Batch] = _stack,
 ) -> Iterator[Batch]:
     """This process's slice of every global batch from `start_step` on."""
     if process_count < 1 or not 0 <= process_index < process_count:
@@ -87,7 +90,7 @@ def _batches(
     # Sub-batch k holds stream rows [k*b, (k+1)*b); global step s is sub-batches
     # s*P .. s*P + P - 1, and only the accessed ones are ever read and tokenized.
     # (drop_remainder only keeps grain's length of the endless stream an int.)
-    local = rows.batch(b, drop_remainder=True, batch_fn=_stack)[
+    local = rows.batch(b, drop_remainder=True, batch_fn=batch_fn)[
         start_step * process_count + process_index :: process_count
     ]
     return iter(local.to_iter_dataset(_READ_OPTIONS))
@@ -154,24 +157,33 @@ def _padded_row(tokenizer, index, row, context, mask, max_len, truncate, name):
     return tokens_T, mask_T
 
 
-def _sft_row(tokenizer, max_len, truncate, index, ex):
+def _sft_ids(tokenizer, ex) -> tuple[list[int], int, list[int] | None, str]:
+    """An sft example's row, its context length or loss mask, and its name in errors."""
     messages = _text(ex.get("messages", ""))
     if messages:
         row, mask = chat_ids(tokenizer, messages)
-        tokens_T, mask_T = _padded_row(
-            tokenizer, index, row, 0, mask, max_len, truncate, "conversation"
-        )
-    else:
-        tokens_T, mask_T = _target_row(
-            tokenizer,
-            index,
-            _text(ex["prompt"]),
-            _text(ex["response"]),
-            max_len,
-            truncate,
-            "prompt + response + [EOS]",
-        )
+        return row, 0, mask, "conversation"
+    row, context = target_ids(tokenizer, _text(ex["prompt"]), _text(ex["response"]))
+    return row, context, None, "prompt + response + [EOS]"
+
+
+def _sft_row(tokenizer, max_len, truncate, index, ex):
+    row, context, mask, name = _sft_ids(tokenizer, ex)
+    tokens_T, mask_T = _padded_row(tokenizer, index, row, context, mask, max_len, truncate, name)
     return {"tokens": tokens_T, "loss_mask": mask_T}
+
+
+def _sft_segment(tokenizer, max_len, truncate, index, ex):
+    """An sft example unpadded, for packing (`packing.pack` checks its length)."""
+    row, context, mask, _ = _sft_ids(tokenizer, ex)
+    if mask is None:
+        mask = [0] * context + [1] * (len(row) - context)
+    n = min(len(row), max_len) if truncate else len(row)
+    return {
+        "tokens": np.asarray(row[:n], np.int32),
+        "loss_mask": np.asarray(mask[:n], np.int32),
+        "index": index,
+    }
 
 
 def _preference_row(tokenizer, max_len, truncate, index, ex):
@@ -213,6 +225,7 @@ def sft_batches(
     process_index: int = 0,
     process_count: int = 1,
     truncate: bool = False,
+    pack_rows: int | None = None,
 ) -> Iterator[Batch]:
     """Endless supervised batches of prompt + response rows, or of conversations.
 
@@ -231,14 +244,34 @@ def sft_batches(
         process_index: this process p.
         process_count: number of processes P.
         truncate: cut rows longer than max_len instead of raising.
+        pack_rows: pack each step's B examples into this many rows R of max_len
+            (`rl_lm.data.packing`, greedy first-fit), a multiple of process_count;
+            None gives one example per row. A step whose examples need more rows
+            raises, naming `data.pack_rows`.
 
     Returns:
         An iterator of {"tokens": int32 [B/P, T], "loss_mask": int32 [B/P, T]}; a row
         is [BOS] + prompt + response + [EOS] right-padded with pad_id, loss_mask is 1
-        on the response and EOS (a conversation: on its assistant turns).
+        on the response and EOS (a conversation: on its assistant turns). Packed,
+        [R/P, T] rows of the same B/P examples, with "segment_ids" and "positions"
+        (`packing.pack`).
     """
     _check_source(source, ("prompt", "response"), "sft_batches")
+    batch_fn = _stack
     row_fn = functools.partial(_sft_row, tokenizer, max_len, truncate)
+    if pack_rows is not None:
+        if pack_rows < 1 or pack_rows % process_count:
+            raise ValueError(
+                f"pack_rows={pack_rows} must be a positive multiple of process_count="
+                f"{process_count}; change data.pack_rows."
+            )
+        row_fn = functools.partial(_sft_segment, tokenizer, max_len, truncate)
+        batch_fn = functools.partial(
+            packing.pack,
+            num_rows=pack_rows // process_count,
+            max_len=max_len,
+            pad_id=tokenizer.pad_id,
+        )
     return _batches(
         source,
         row_fn,
@@ -247,6 +280,7 @@ def sft_batches(
         start_step=start_step,
         process_index=process_index,
         process_count=process_count,
+        batch_fn=batch_fn,
     )
 
 

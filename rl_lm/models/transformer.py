@@ -216,6 +216,17 @@ def init_cache(cfg: ModelConfig, batch: int, length: int) -> dict[str, jax.Array
     }
 
 
+def segment_positions(segment_ids_NxT: jax.Array, mask_NxT: jax.Array) -> jax.Array:
+    """Positions restarting at 0 in each segment: the real tokens before, in the segment."""
+    m_NxT = mask_NxT.astype(jnp.int32)
+    count_NxT = jnp.cumsum(m_NxT, axis=1)
+    first = jnp.ones_like(segment_ids_NxT[:, :1], jnp.bool_)
+    starts_NxT = jnp.concatenate([first, segment_ids_NxT[:, 1:] != segment_ids_NxT[:, :-1]], 1)
+    # The real-token count before the latest segment start (counts never decrease).
+    before_NxT = jax.lax.cummax(jnp.where(starts_NxT, count_NxT - m_NxT, 0), axis=1)
+    return jnp.maximum(count_NxT - before_NxT - 1, 0)
+
+
 def forward(
     params: Params,
     tokens_NxT: jax.Array,
@@ -223,6 +234,7 @@ def forward(
     *,
     mask_NxT: jax.Array | None = None,
     positions_NxT: jax.Array | None = None,
+    segment_ids_NxT: jax.Array | None = None,
     cache: dict[str, jax.Array] | None = None,
     slot: jax.Array | int = 0,
 ) -> tuple[jax.Array, dict[str, jax.Array] | None]:
@@ -235,7 +247,12 @@ def forward(
       mask_NxT: 1 on real tokens, 0 on padding (padding is never attended to).
         Defaults to all ones.
       positions_NxT: RoPE positions; by default the count of real tokens before
-        each one, so left padding does not shift positions.
+        each one (in its own segment when `segment_ids_NxT` is given), so left
+        padding does not shift positions.
+      segment_ids_NxT: for packed rows (`rl_lm.data.packing`), each token's
+        segment; a token attends only to earlier tokens of its own segment, so a
+        segment computes what it would alone in a row. Segments are contiguous
+        runs of one id. Not with a cache.
       cache: optional KV cache from `init_cache`; the T new tokens are written
         at cache slots [slot, slot + T) and attend to every valid earlier slot.
       slot: first cache slot of these tokens (a traced scalar is fine).
@@ -246,7 +263,11 @@ def forward(
     n, t = tokens_NxT.shape
     dtype = jnp.dtype(cfg.dtype)
     mask = jnp.ones((n, t), jnp.bool_) if mask_NxT is None else mask_NxT.astype(jnp.bool_)
-    if positions_NxT is None:
+    if segment_ids_NxT is not None and cache is not None:
+        raise ValueError("segment_ids_NxT (packed rows) cannot be used with a KV cache.")
+    if positions_NxT is None and segment_ids_NxT is not None:
+        positions_NxT = segment_positions(segment_ids_NxT, mask)
+    elif positions_NxT is None:
         positions_NxT = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
         if cache is not None:  # Real tokens already in the cache come first.
             before = jnp.arange(cache["mask"].shape[1]) < slot
@@ -261,6 +282,8 @@ def forward(
         kv_valid = jax.lax.dynamic_update_slice(cache["mask"], mask, (0, slot))
         q_slot, k_slot = slot + jnp.arange(t), jnp.arange(cache["mask"].shape[1])
     allowed = (k_slot[None, None, :] <= q_slot[None, :, None]) & kv_valid[:, None, :]
+    if segment_ids_NxT is not None:
+        allowed = allowed & (segment_ids_NxT[:, :, None] == segment_ids_NxT[:, None, :])
 
     if cache is None:
 
