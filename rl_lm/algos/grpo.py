@@ -40,7 +40,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rl_lm import parallel, tasks
-from rl_lm.algos import common, grpo_loss, prime, process_rewards, rm_rewards
+from rl_lm.algos import common, grpo_loss, prime, process_rewards, rm_rewards, rollout
 from rl_lm.core import advantages
 from rl_lm.data import load_source, prompt_batches
 from rl_lm.models.tokenizer import check_vocab, load_tokenizer
@@ -49,7 +49,6 @@ from rl_lm.rewards import user, verifiable
 from rl_lm.sampling.logprobs import response_logprobs
 from rl_lm.sampling.sampler import make_sampler
 
-_ROLLOUT_KEYS = ("prompt", "prompt_mask", "response", "mask")
 # Per-row reward terms a rollout may carry; their rollout means are logged.
 _REWARD_TERMS = ("reward_learned", "reward_verifiable", "reward_true")
 
@@ -180,25 +179,16 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         # Every process reads the whole global batch (cheap: prompts only).
         return global_prompts(0, start_step)
 
-    def rollout(state, prompts, key):
-        """Samples and scores one global prompt batch; on the host but sampling and the RM."""
-        lo, hi = parallel.process_rows(mesh, b)
-        local = {k: prompts[k][lo:hi] for k in ("prompt", "prompt_mask")}
-        arrays = parallel.shard_batch(local, mesh, b)
-        out = sampler(state["params"], arrays["prompt"], arrays["prompt_mask"], key)
-        host = {
-            "prompt": parallel.to_host(out.prompt),
-            "prompt_mask": parallel.to_host(out.prompt_mask),
-            "response": parallel.to_host(out.tokens),
-            "mask": parallel.to_host(out.mask),
-            "lp_sample": parallel.to_host(out.logprobs),
-        }
-        texts = tokenizer.decode_batch(host["response"], host["mask"])
-        answers = np.repeat(np.asarray(prompts["answer"], dtype=object), g)
-        host["correct"] = verifiable.exact_match(texts, list(answers), answer_format)
+    collect_args = dict(mesh=mesh, tokenizer=tokenizer, num_generations=g)
+
+    def score(state, prompts, key):
+        """Samples and scores one global prompt batch: (Rollout, host per-row values)."""
+        r = rollout.collect(sampler, state["params"], prompts, key, **collect_args)
+        host = {"response": r.host_response, "mask": r.host_mask}
+        host["correct"] = verifiable.exact_match(r.texts, r.answers, answer_format)
         if process is not None:
             prompt_texts = tokenizer.decode_batch(prompts["prompt"], prompts["prompt_mask"])
-            process_rewards.score_on_host(process, host, prompt_texts, texts, g)
+            process_rewards.score_on_host(process, host, prompt_texts, r.texts, g)
         reward_N = grpo_loss.overlong_penalty(
             host["mask"].sum(1), cfg.max_new_tokens, cfg.overlong_cache
         )
@@ -207,52 +197,50 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
                 prompts["prompt"], prompts["prompt_mask"], stop_at_eos=False
             )
             prompts_N = list(np.repeat(np.asarray(prompt_texts, dtype=object), g))
-            checked_N = reward_fn(prompts_N, texts, list(answers))
+            checked_N = reward_fn(prompts_N, r.texts, r.answers)
             reward_N = checked_N + reward_N
             if use_rm:
                 host["reward_verifiable"] = checked_N
         if use_rm:
-            lo, hi = parallel.process_rows(mesh, n)
-            rows = parallel.shard_batch({k: host[k][lo:hi] for k in _ROLLOUT_KEYS}, mesh, n)
-            host["reward_learned"] = parallel.to_host(rm_scores(state["rm_params"], rows))
+            host["reward_learned"] = parallel.to_host(rm_scores(state["rm_params"], r.rows()))
             reward_N = reward_N + host["reward_learned"]
         if true_reward is not None:
-            host["reward_true"] = true_reward(prompts, texts)
+            host["reward_true"] = true_reward(prompts, r.texts)
         host["reward"] = reward_N
-        return host
+        return r, host
 
     def collect(state, prompts, rollout_index):
         """One rollout, refilled with fresh prompts under DAPO dynamic sampling."""
         key = jax.random.fold_in(jax.random.key(config.seed), rollout_index)
-        host = rollout(state, prompts, jax.random.fold_in(key, 0))
+        r, host = score(state, prompts, jax.random.fold_in(key, 0))
         stats = {"reward": host["reward"].mean(), "correct": host["correct"].mean()}
         stats.update({k: host[k].mean() for k in _REWARD_TERMS if k in host})
         if not cfg.dynamic_sampling:
-            return host, stats
-        keep = grpo_loss.group_has_spread(host["reward"].reshape(b, g))
-        groups = [_take_groups(host, keep, g)]
+            return r, host, stats
+        scored, kept = [(r, host)], [_kept_rows(host, g)]
         for attempt in range(1, cfg.max_refills + 1):
-            if sum(len(x["reward"]) for x in groups) >= n:
+            if sum(len(x) for x in kept) >= n:
                 break
             extra_prompts = next(global_prompts(attempt, rollout_index))
-            extra = rollout(state, extra_prompts, jax.random.fold_in(key, attempt))
-            groups.append(
-                _take_groups(extra, grpo_loss.group_has_spread(extra["reward"].reshape(b, g)), g)
-            )
-        merged = {k: np.concatenate([x[k] for x in groups])[:n] for k in groups[0]}
-        filled = len(merged["reward"])
+            scored.append(score(state, extra_prompts, jax.random.fold_in(key, attempt)))
+            kept.append(_kept_rows(scored[-1][1], g))
+        filled = min(sum(len(x) for x in kept), n)
         stats["kept_groups"] = filled / g
+        merged = {
+            k: np.concatenate([h[k][i] for (_, h), i in zip(scored, kept, strict=True)])[:n]
+            for k in host
+        }
         if filled < n:  # Not enough informative groups: pad with zero-weight rows.
             merged = {k: _pad_rows(v, n) for k, v in merged.items()}
-        return merged, stats
+        return rollout.take_rows([x for x, _ in scored], kept, n, mesh), merged, stats
 
     def step(state, prompts):
         t0 = time.perf_counter()
         rollout_index = int(state["step"]) // updates_per_rollout
-        host, stats = collect(state, prompts, rollout_index)
+        r, host, stats = collect(state, prompts, rollout_index)
         t1 = time.perf_counter()
         lo, hi = parallel.process_rows(mesh, n)
-        arrays = parallel.shard_batch({k: host[k][lo:hi] for k in _ROLLOUT_KEYS}, mesh, n)
+        arrays = r.rows()
         ref_lp = None
         if use_ref or (use_prime and lp_temperature == 1.0):
             ref_lp = logprobs(
@@ -265,13 +253,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         rewards = host["reward"].astype(np.float32)
         metrics = {}
         if use_ref and cfg.kl_placement == "reward":
-            seq_kl = parallel.to_host(
-                grpo_loss.sequence_kl(
-                    parallel.shard_batch({"lp": host["lp_sample"][lo:hi]}, mesh, n)["lp"],
-                    ref_lp,
-                    arrays["mask"],
-                )
-            )
+            seq_kl = parallel.to_host(grpo_loss.sequence_kl(r.lp_sample, ref_lp, arrays["mask"]))
             rewards = rewards - cfg.beta * seq_kl
             metrics["seq_kl"] = float(seq_kl.mean())
         adv = np.asarray(
@@ -344,9 +326,10 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     )
 
 
-def _take_groups(host: dict[str, np.ndarray], keep_B: np.ndarray, g: int) -> dict[str, np.ndarray]:
-    rows = np.repeat(keep_B, g)
-    return {k: v[rows] for k, v in host.items()}
+def _kept_rows(host: dict[str, np.ndarray], g: int) -> np.ndarray:
+    """The row indices of the groups whose rewards differ (DAPO's dynamic sampling)."""
+    keep_B = grpo_loss.group_has_spread(host["reward"].reshape(-1, g))
+    return np.flatnonzero(np.repeat(keep_B, g))
 
 
 def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:

@@ -49,7 +49,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rl_lm import parallel, tasks
-from rl_lm.algos import common, ppo_loss, process_rewards, reward_model, rm_rewards
+from rl_lm.algos import common, ppo_loss, process_rewards, reward_model, rm_rewards, rollout
 from rl_lm.core.kl import adaptive_kl_update
 from rl_lm.data import load_source, prompt_batches
 from rl_lm.models.config import ModelConfig
@@ -58,8 +58,6 @@ from rl_lm.models.transformer import Params, init_params, partition_specs
 from rl_lm.rewards import user
 from rl_lm.sampling.logprobs import response_logprobs
 from rl_lm.sampling.sampler import make_sampler
-
-_ROLLOUT_KEYS = ("prompt", "prompt_mask", "response", "mask")
 
 
 def _models(config: Any) -> tuple[ModelConfig, ModelConfig | None, ModelConfig | None]:
@@ -185,7 +183,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         lambda params, batch: response_logprobs(
             params,
             policy_cfg,
-            *(batch[k] for k in _ROLLOUT_KEYS),
+            *(batch[k] for k in rollout.ROW_KEYS),
             chunk_size=cfg.logprob_chunk,
             temperature=cfg.temperature,
         ),
@@ -228,24 +226,16 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
             start_step=start_step,
         )
 
-    def rollout(state, prompts, key):
+    collect_args = dict(mesh=mesh, tokenizer=tokenizer, num_generations=g)
+
+    def score_rollout(state, prompts, key):
         """Samples and scores one global prompt batch; the host part is global."""
-        lo, hi = parallel.process_rows(mesh, b)
-        local = {k: prompts[k][lo:hi] for k in ("prompt", "prompt_mask")}
-        arrays = parallel.shard_batch(local, mesh, b)
-        out = sampler(state["params"]["policy"], arrays["prompt"], arrays["prompt_mask"], key)
-        host = {
-            "prompt": parallel.to_host(out.prompt),
-            "prompt_mask": parallel.to_host(out.prompt_mask),
-            "response": parallel.to_host(out.tokens),
-            "mask": parallel.to_host(out.mask),
-        }
-        texts = tokenizer.decode_batch(host["response"], host["mask"])
+        r = rollout.collect(sampler, state["params"]["policy"], prompts, key, **collect_args)
+        host = {"response": r.host_response, "mask": r.host_mask}
         if process is not None:
             prompt_texts = tokenizer.decode_batch(prompts["prompt"], prompts["prompt_mask"])
-            process_rewards.score_on_host(process, host, prompt_texts, texts, g)
-        lo, hi = parallel.process_rows(mesh, n)
-        arrays = parallel.shard_batch({k: host[k][lo:hi] for k in _ROLLOUT_KEYS}, mesh, n)
+            process_rewards.score_on_host(process, host, prompt_texts, r.texts, g)
+        arrays = r.rows()
         score = np.zeros(n, np.float32)
         stats = {}
         if use_rm:
@@ -253,16 +243,15 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
             score += learned
             stats["reward_learned"] = float(learned.mean())
         if use_verifiable:
-            answers = list(np.repeat(np.asarray(prompts["answer"], dtype=object), g))
             prompt_texts = tokenizer.decode_batch(
                 prompts["prompt"], prompts["prompt_mask"], stop_at_eos=False
             )
             prompts_N = list(np.repeat(np.asarray(prompt_texts, dtype=object), g))
-            checked = verifiable_fn(prompts_N, texts, answers)
+            checked = verifiable_fn(prompts_N, r.texts, r.answers)
             score += checked
             stats["reward_verifiable"] = float(checked.mean())
         if true_reward is not None:
-            truth = true_reward(prompts, texts)
+            truth = true_reward(prompts, r.texts)
             stats["reward_true"] = float(truth.mean())
         return arrays, score, stats, host
 
@@ -270,7 +259,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         t0 = time.perf_counter()
         rollout_index = int(state["step"]) // updates_per_rollout
         key = jax.random.fold_in(jax.random.key(config.seed), rollout_index)
-        arrays, score, metrics, host = rollout(state, prompts, key)
+        arrays, score, metrics, host = score_rollout(state, prompts, key)
         mask = host["mask"]
         score, reward_stats = ppo_loss.normalize_rewards(
             score, state["reward_stats"], cfg.reward.normalize, cfg.reward.clip, cfg.reward.eps
