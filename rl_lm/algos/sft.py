@@ -87,6 +87,11 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     tokenizer = load_tokenizer(config.tokenizer)
     check_vocab(tokenizer, cfg.vocab_size)
     data, train = config.data, config.train
+    if data.pack and data.pack_rows is None:
+        raise ValueError(
+            "data.pack=True needs data.pack_rows, the rows of max_len that hold each "
+            "step's data.batch_size examples (see configs/sft_arith.py)."
+        )
     rows = data.pack_rows if data.pack else data.batch_size
     common.check_batch_size(
         rows, mesh, train.num_microbatches, "data.pack_rows" if data.pack else "data.batch_size"

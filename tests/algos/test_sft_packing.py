@@ -159,3 +159,10 @@ def test_packed_trainer_takes_the_unpacked_steps(config):
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p_params, params
     )
+
+
+def test_pack_needs_pack_rows(config):
+    packed = config.copy_and_resolve_references()
+    packed.data.pack = True
+    with pytest.raises(ValueError, match="data.pack=True needs data.pack_rows"):
+        sft.make_trainer(packed, parallel.make_mesh(packed.mesh))
