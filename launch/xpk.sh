@@ -4,7 +4,8 @@
 #   launch/xpk.sh [--dry_run] CLUSTER TPU_TYPE IMAGE CONFIG WORKDIR [--config.a.b=v ...]
 #
 #   launch/xpk.sh my-cluster v5litepod-16 us-docker.pkg.dev/my-proj/rl/rl_lm:latest \
-#       configs/grpo_math.py /gcs/my-bucket/runs/math --config.mesh.fsdp=16
+#       configs/grpo_math.py /gcs/my-bucket/runs/math \
+#       --config.mesh.fsdp=16 --config.init.hf_dir=/gcs/my-bucket/models/Llama-3.2-1B
 #
 # IMAGE holds the repository (at REPO_DIR, default /app) and its environment.
 # Every host runs the same command; jax finds the others from the variables
