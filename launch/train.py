@@ -50,6 +50,11 @@ def main(argv):
         for key, value in preflight.flatten(config).items():
             print(f"{key} = {value!r}")
         return
+    if "://" in _WORKDIR.value:
+        sys.exit(
+            f"--workdir={_WORKDIR.value} is a URL; runs write through the file system. Mount the"
+            " bucket on every host (gcsfuse, or GKE's /gcs mount) and pass the mounted path."
+        )
     loop.quiet_library_logs()
     parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     parallel.log_devices()

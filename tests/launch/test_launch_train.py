@@ -152,3 +152,10 @@ def test_a_config_that_cannot_start_is_one_line(flags, message, data_dir, tmp_pa
     assert out.returncode == 1
     assert last_line(out) == message
     assert not (tmp_path / "run").exists()
+
+
+def test_a_url_workdir_is_one_line_naming_the_mount(data_dir):
+    out = _launch(CONFIG, "--workdir=gs://bucket/runs/x", data_dir=data_dir)
+    assert out.returncode == 1
+    assert last_line(out).startswith("--workdir=gs://bucket/runs/x is a URL;")
+    assert "Mount the bucket" in last_line(out)
