@@ -54,7 +54,7 @@ import optax
 from jax.sharding import Mesh
 
 from rl_lm import parallel, tasks
-from rl_lm.algos import common, nash_eval, nash_loss, preference_eval
+from rl_lm.algos import common, nash_eval, nash_loss, preference_eval, rollout
 from rl_lm.data import load_source, prompt_batches
 from rl_lm.models.tokenizer import check_vocab, load_tokenizer
 from rl_lm.models.transformer import Params, init_params, partition_specs
@@ -63,7 +63,7 @@ from rl_lm.sampling.logprobs import response_logprobs
 from rl_lm.sampling.sampler import make_sampler
 
 _PARAM_KEYS = ("params", "ref_params", "anchor_params", "half_params")
-ROW_KEYS = ("prompt", "prompt_mask", "response", "mask")
+ROW_KEYS = rollout.ROW_KEYS
 
 
 class MirrorProx(NamedTuple):
@@ -142,6 +142,7 @@ class _Rollouts:
 
     def __init__(self, mesh, model_cfg, tokenizer, cfg, preference, num_samples):
         self.mesh, self.tokenizer, self.preference = mesh, tokenizer, preference
+        self.num_samples = num_samples
         self.sampler = make_sampler(
             model_cfg,
             max_new_tokens=cfg.max_new_tokens,
@@ -155,17 +156,17 @@ class _Rollouts:
             out_shardings=parallel.batch_sharding(mesh),
         )
 
-    def draw(self, params, prompts, key, mix_params=None, mix_coef=0.0) -> dict[str, np.ndarray]:
-        """Samples of one global prompt batch, gathered on the host."""
-        b = len(prompts["prompt"])
-        lo, hi = parallel.process_rows(self.mesh, b)
-        local = {k: prompts[k][lo:hi] for k in ("prompt", "prompt_mask")}
-        arrays = parallel.shard_batch(local, self.mesh, b)
-        out = self.sampler(
-            params, arrays["prompt"], arrays["prompt_mask"], key, mix_params, mix_coef
-        )
-        fields = (out.prompt, out.prompt_mask, out.tokens, out.mask)
-        return {k: parallel.to_host(v) for k, v in zip(ROW_KEYS, fields, strict=True)}
+    def draw(self, params, prompts, key, mix_params=None, mix_coef=0.0) -> rollout.Rollout:
+        """Samples of one global prompt batch (`rollout.collect`), from the mixture if mixing."""
+        sample = lambda p, x, m, k: self.sampler(p, x, m, k, mix_params, mix_coef)
+        args = dict(mesh=self.mesh, tokenizer=self.tokenizer, num_generations=self.num_samples)
+        return rollout.collect(sample, params, prompts, key, **args)
+
+    def host_prompts(self, prompts) -> tuple[np.ndarray, np.ndarray]:
+        """The global prompt batch in a rollout's row layout: [N, P] ids and mask."""
+        g = self.num_samples
+        rep = lambda x: np.repeat(np.asarray(x, np.int32), g, axis=0)
+        return rep(prompts["prompt"]), rep(prompts["prompt_mask"])
 
     def judge(self, prompt, prompt_mask, a, a_mask, b, b_mask) -> np.ndarray:
         """P(a > b | prompt) per row."""
@@ -265,14 +266,17 @@ def make_trainer(
             y2 = rollouts.draw(*args, cfg.eta * cfg.beta)
         else:
             y2 = rollouts.draw(state[opponent], prompts, jax.random.fold_in(key, 1))
-        pref = rollouts.judge(*(y[k] for k in ROW_KEYS), y2["response"], y2["mask"])
-        arrays = rollouts.to_device({**y, "pref": pref})
+        prompt, prompt_mask = rollouts.host_prompts(prompts)
+        pref = rollouts.judge(
+            prompt, prompt_mask, y.host_response, y.host_mask, y2.host_response, y2.host_mask
+        )
+        arrays = {**y.rows(), **rollouts.to_device({"pref": pref})}
         for name, params_key in (("lp_ref", "ref_params"), ("lp_old", "params")):
             arrays[name] = rollouts.row_logprobs(state[params_key], arrays)
         if algo == "nash_mp":
             arrays["lp_anchor"] = rollouts.row_logprobs(state["anchor_params"], arrays)
         arrays["baseline"] = baseline(arrays)
-        return arrays, float(y["mask"].sum() + y2["mask"].sum())
+        return arrays, float(y.host_mask.sum() + y2.host_mask.sum())
 
     def half_step(state, prompt_iter, opponent):
         """M updates against `opponent`, on inner_rollouts fresh rollouts."""
@@ -287,18 +291,23 @@ def make_trainer(
     def ipo_update(state, prompts):
         y = rollouts.draw(state["params"], prompts, jax.random.fold_in(update_key(state), 0))
         # Rows b * G + g, prompt-major: pair the even and odd samples of each prompt.
-        a, z = ({k: v[i::2] for k, v in y.items()} for i in (0, 1))
-        pref = rollouts.judge(*(a[k] for k in ROW_KEYS), z["response"], z["mask"])
-        arrays = rollouts.to_device(
-            {"prompt": a["prompt"], "prompt_mask": a["prompt_mask"], "pref": pref,
-             "a": a["response"], "a_mask": a["mask"], "b": z["response"], "b_mask": z["mask"]}
-        )  # fmt: skip
+        prompt, prompt_mask = rollouts.host_prompts(prompts)
+        a_then_z = (x[i::2] for i in (0, 1) for x in (y.host_response, y.host_mask))
+        pref = rollouts.judge(prompt[0::2], prompt_mask[0::2], *a_then_z)
+        pair = lambda x, i: jax.device_put(x[i::2], parallel.batch_sharding(mesh))
+        arrays = {
+            "prompt": pair(y.prompt, 0),
+            "prompt_mask": pair(y.prompt_mask, 0),
+            **rollouts.to_device({"pref": pref}),
+            **{side: pair(y.response, i) for i, side in enumerate("ab")},
+            **{f"{side}_mask": pair(y.mask, i) for i, side in enumerate("ab")},
+        }
         for side in ("a", "b"):
             both = {**arrays, "response": arrays[side], "mask": arrays[f"{side}_mask"]}
             lp = rollouts.row_logprobs(state["ref_params"], both)
             arrays[f"lp_ref_{side}"] = (lp * both["mask"]).sum(axis=1)
         state, metrics = update(state, arrays)
-        return state, {**metrics, "tokens": float(y["mask"].sum())}
+        return state, {**metrics, "tokens": float(y.host_mask.sum())}
 
     jit_books = lambda f: jax.jit(f, out_shardings=shardings, donate_argnums=0)
     books = mirror_prox(optimizer, cfg.anchor_ema, cfg.reset_optimizer)
