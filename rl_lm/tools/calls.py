@@ -146,7 +146,10 @@ def _check_arguments(schema: dict[str, Any], args: dict[str, Any]) -> str | None
 
 def _timed(tools: Mapping[str, Callable[..., Any]], call: ToolCall) -> tuple[str, bool, float]:
     start = time.monotonic()
-    output, ok = _run_one(tools, call)
+    try:
+        output, ok = _run_one(tools, call)
+    except Exception as e:  # e.g. a registered tool whose schema cannot be read
+        output, ok = f"error: {call.name}: {type(e).__name__}: {e}", False
     return output, ok, time.monotonic() - start
 
 

@@ -44,7 +44,17 @@ def broken(x: int) -> str:
     raise RuntimeError("tool bug")
 
 
-TOOLS = {"calculator": calculator, "echo": echo, "slow": slow, "broken": broken}
+def undocumented(x):
+    return x
+
+
+TOOLS = {
+    "calculator": calculator,
+    "echo": echo,
+    "slow": slow,
+    "broken": broken,
+    "undocumented": undocumented,
+}
 
 
 def test_hermes_several_calls():
@@ -111,6 +121,7 @@ def test_no_calls():
         (ToolCall("echo", {"text": 3}, ""), "argument text must be string, got int"),
         (ToolCall("echo", {"text": "a", "times": True}, ""), "must be integer, got bool"),
         (ToolCall("broken", {"x": 1}, ""), "broken raised RuntimeError: tool bug"),
+        (ToolCall("undocumented", {"x": 1}, ""), "undocumented: ValueError"),
     ],
 )
 def test_bad_calls_become_error_observations(call, message):
