@@ -1,6 +1,7 @@
 import os
 import time
 
+from rl_lm.tools.calls import format_call, parse_calls, run_calls
 from rl_lm.tools.sandbox import Limits, make_python_tool, run_python
 
 QUICK = Limits(seconds=1.5, cpu_seconds=2, memory_bytes=256 * 2**20, output_bytes=1000)
@@ -89,3 +90,15 @@ def test_files_land_in_a_temporary_directory_that_is_removed():
     path = result.stdout.strip()
     assert os.path.basename(os.path.dirname(path)).startswith("rl_lm_sandbox_")
     assert not os.path.exists(os.path.dirname(path))
+
+
+def test_hostile_calls_end_as_observations():
+    tools = {"python": make_python_tool(Limits(seconds=1.0, output_bytes=200))}
+    text = "".join(
+        format_call("python", {"code": code})
+        for code in ["while True: pass", "print('y' * 10**6)", "x = bytearray(10**11)"]
+    )
+    results = run_calls(tools, parse_calls(text), timeout=5.0)
+    assert results[0].output.endswith("error: timed out after 1 s")
+    assert "bytes cut" in results[1].output
+    assert "MemoryError" in results[2].output and "exit status 1" in results[2].output
