@@ -8,10 +8,13 @@
     analysis.sample(params, ["17+25="], config="runs/default", temperature=0.0)
     analysis.compare_runs({"a": "runs/a", "b": "runs/b"}, ["loss", "eval/accuracy"])
     print(analysis.format_table(analysis.summarize(["runs/a", "runs/b"])))
+    runs = analysis.seeds.load_runs(["runs/x/seed_0", "runs/x/seed_1"])  # one config, 2 seeds
+    print(analysis.seeds.format_summary(analysis.seeds.summarize(runs)))  # mean ± 95% CI
 
 Nothing here writes to a workdir, so it is safe on a run that is still training.
 """
 
+from rl_lm.analysis import seeds
 from rl_lm.analysis.compare import compare_runs, format_table, summarize
 from rl_lm.analysis.runs import (
     Curve,
@@ -37,5 +40,6 @@ __all__ = [
     "model_config",
     "run_dir",
     "sample",
+    "seeds",
     "summarize",
 ]

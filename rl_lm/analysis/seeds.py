@@ -52,7 +52,7 @@ class SeedCurve(NamedTuple):
 
 
 def _t_two_sided(t: float, df: int) -> float:
-    """P(|T| < t) for Student's t with integer `df`, in closed form (Abramowitz & Stegun 26.7.3-4)."""
+    """P(|T| < t) for Student's t with integer `df`, closed form (Abramowitz & Stegun 26.7.3-4)."""
     theta = math.atan(t / math.sqrt(df))
     c2 = math.cos(theta) ** 2
     if df % 2 == 1:
@@ -71,7 +71,9 @@ def _t_two_sided(t: float, df: int) -> float:
 
 
 def t_quantile(p: float, df: int) -> float:
-    """The `p` quantile (p > 0.5) of Student's t with `df` degrees of freedom, e.g. 2.7764 for (0.975, 4).
+    """The `p` quantile (p > 0.5) of Student's t with `df` degrees of freedom.
+
+    E.g. t_quantile(0.975, 4) = 2.7764.
 
     Bisection on the closed-form CDF, to about 1e-10; no scipy needed.
     """
@@ -109,16 +111,20 @@ def interval(values: Sequence[float], level: float = LEVEL) -> Interval:
 def format_interval(iv: Interval, scale: float = 1.0, unit: str = "") -> str:
     """'0.9713 ± 0.0081 (5 seeds)'; one seed: '0.9713 (1 seed, no interval)'.
 
+    The half-width has two significant digits and the mean as many decimals.
+
     `scale` and `unit` show e.g. accuracies as percentages (scale=100, unit="%").
     """
-    mean = f"{iv.mean * scale:.4g}{unit}"
+    mean, hw = iv.mean * scale, iv.half_width * scale
     if iv.n < 2:
-        return f"{mean} (1 seed, no interval)"
-    return f"{mean} ± {iv.half_width * scale:.2g}{unit} ({iv.n} seeds)"
+        return f"{mean:.4g}{unit} (1 seed, no interval)"
+    # Two significant digits of the half-width, the mean to the same decimal place.
+    places = max(0, 1 - math.floor(math.log10(hw))) if hw > 0 else 4
+    return f"{mean:.{places}f}{unit} ± {hw:.{places}f}{unit} ({iv.n} seeds)"
 
 
 def load_runs(workdirs: Mapping[str, Workdir] | Sequence[Workdir]) -> dict[str, dict[str, Curve]]:
-    """label -> the run's metrics (`rl_lm.analysis.load_metrics`); a list is labelled by its index."""
+    """label -> the run's metrics (`rl_lm.analysis.load_metrics`); a list's labels are indices."""
     if not isinstance(workdirs, Mapping):
         workdirs = {str(i): w for i, w in enumerate(workdirs)}
     return {label: load_metrics(w) for label, w in workdirs.items()}
@@ -196,8 +202,8 @@ def format_summary(summary: Mapping) -> str:
         f"Mean ± {pct}% confidence half-width ({summary['interval']}) over seeds "
         f"{', '.join(summary['seeds'])}.",
         "",
-        "| metric | first (step) | final (step) |",
-        "|---|---|---|",
+        "| metric | first | at step | final | at step |",
+        "|---|---|---|---|---|",
     ]
     for key, m in summary["metrics"].items():
         first_steps = sorted({s["first_step"] for s in m["per_seed"].values()})
@@ -205,9 +211,9 @@ def format_summary(summary: Mapping) -> str:
         if len(m["final_steps"]) > 1:
             final = f"{final}: the seeds end at different steps"
         lines.append(
-            f"| {key} | {format_interval(Interval(**m['first']))} "
-            f"({', '.join(map(str, first_steps))}) | {format_interval(Interval(**m['final']))} "
-            f"({final}) |"
+            f"| {key} | {format_interval(Interval(**m['first']))} | "
+            f"{', '.join(map(str, first_steps))} | {format_interval(Interval(**m['final']))} | "
+            f"{final} |"
         )
     labels = summary["seeds"]
     lines += ["", "| metric | " + " | ".join(f"seed {s}" for s in labels) + " |"]
