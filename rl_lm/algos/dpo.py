@@ -36,7 +36,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from rl_lm import parallel
+from rl_lm import parallel, tasks
 from rl_lm.algos import common, dpo_loss, preference_eval
 from rl_lm.data import load_source, preference_batches
 from rl_lm.data.storage import resolve_data_dir
@@ -329,7 +329,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         model_cfg,
         tokenizer,
         test_source,
-        data.name,
+        tasks.for_config(config),
         num_examples=config.eval.num_examples,
         batch_size=config.eval.batch_size,
         max_prompt_len=data.max_prompt_len,

@@ -95,7 +95,7 @@ def make_sample_eval(
     model_cfg: ModelConfig,
     tokenizer: Any,
     source: Any,
-    task: tasks.Task | str,
+    task: tasks.Task,
     *,
     num_examples: int,
     batch_size: int,
@@ -107,7 +107,7 @@ def make_sample_eval(
 ) -> Callable[[Any, Any], dict[str, float]] | None:
     """Builds (params, ref_params) -> win rate over the reference, true reward, KL.
 
-    `task` is a Task or a dataset name (`tasks.for_dataset`). None when the
+    `task` is the run's Task (`tasks.for_config`). None when the
     task has no win-rate evaluation (no judge). Otherwise, on the
     fixed held-out prompts, with temperature-1 samples:
       "win_rate": mean judge P(policy sample > reference sample);
@@ -117,8 +117,6 @@ def make_sample_eval(
     and with `greedy`, the same comparisons of greedy decodes ("*_greedy").
     The reference's samples are drawn once and reused.
     """
-    if isinstance(task, str):  # dpo.py passes its dataset's name
-        task = tasks.for_dataset(task)
     if tasks.WIN_RATE not in task.evals:
         return None
     judge, reward_fn = task.judge, task.true_reward
