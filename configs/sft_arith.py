@@ -12,16 +12,19 @@ CPU smoke run (tiny model, a few steps):
 Other difficulties: --config.data.name=arithmetic/add3 (see rl_lm/data/arithmetic.py).
 Packed rows (same loss and gradient, fewer padding slots): --config.data.pack=True
 --config.data.max_len=48 --config.data.pack_rows=32.
+LoRA adapters of rank 8 on a frozen start (rl_lm/models/lora.py): the argument
+`lora=8` (e.g. configs/sft_arith.py:runlocal,lora=8), or --config.lora.rank=8.
 """
 
 import ml_collections
 from ml_collections import config_dict
 
 from configs import base
+from rl_lm.models import lora
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = base.parse_arg(arg, runlocal=False, steps=3000)
+    arg = base.parse_arg(arg, runlocal=False, steps=3000, lora=0)
     config = base.experiment(
         "sft",
         # A 2-layer, 64-wide decoder (~0.19M params): 98.6% held-out after 3000 steps.
@@ -44,7 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             dict(num_examples=512, batch_size=256, max_new_tokens=5, seed=0)
         ),
         init=base.init(),
+        lora=lora.default_config(),
     )
+    config.lora.rank = arg.lora
     config.optim = base.optim(lr=1e-3, warmup_steps=100)
     config.train = base.train(
         num_steps=arg.steps, log_every=50, eval_every=min(500, arg.steps), ckpt_every=500

@@ -7,6 +7,8 @@ An algorithm module exposes `make_trainer(config, mesh) -> Trainer` (the loop in
 - `new_state(params, optimizer, rng, **extras)`: the train state, a plain dict
   {"step", "rng", "params", "opt_state", *extras} (extras: frozen reference
   params and the like; they pass through the step unchanged).
+  `new_policy_state` is its form for a policy that may train LoRA adapters
+  (config `lora`, `rl_lm.models.lora`) on frozen base params instead.
 - `sharded_init(mesh, init_fn, specs_fn)`: jitted init with out_shardings, plus
   the abstract state (shapes, dtypes, shardings) that checkpoints restore into.
 - `make_update(loss_fn, optimizer, num_microbatches)` then `jit_step(...)`: one
@@ -35,6 +37,7 @@ from absl import logging
 from jax.sharding import Mesh, PartitionSpec
 
 from rl_lm import parallel
+from rl_lm.models import lora
 from rl_lm.models.config import ModelConfig
 from rl_lm.models.saved import load_state
 from rl_lm.models.transformer import init_params
@@ -149,29 +152,62 @@ def new_state(params: Any, optimizer: optax.GradientTransformation, rng: jax.Arr
     }
 
 
+def new_policy_state(params, optimizer, rng, lora_cfg: lora.LoraConfig | None, **extras):
+    """`new_state` of a policy: `params` trained, or with `lora_cfg` frozen under lora.BASE
+    and fresh adapters (from fold_in(rng, 1)) trained as state["params"]."""
+    if lora_cfg is None:
+        return new_state(params, optimizer, rng, **extras)
+    adapters = lora.init_adapters(lora_cfg, params, jax.random.fold_in(rng, 1))
+    return new_state(adapters, optimizer, rng, **{lora.BASE: params}, **extras)
+
+
+def policy_params(state: State, lora_cfg: lora.LoraConfig | None) -> Any:
+    """The policy's full params in a state made by `new_policy_state` (traceable)."""
+    if lora_cfg is None:
+        return state["params"]
+    return lora.merge(state[lora.BASE], state["params"], lora_cfg)
+
+
+def jit_policy_params(mesh: Mesh, param_specs: Any, lora_cfg: lora.LoraConfig | None):
+    """state -> `policy_params(state)`, merged on the mesh (for sampling and evaluation)."""
+    if lora_cfg is None:
+        return lambda state: state["params"]
+    merge = jax.jit(
+        functools.partial(lora.merge, cfg=lora_cfg), out_shardings=parallel.named(mesh, param_specs)
+    )
+    return lambda state: merge(state[lora.BASE], state["params"])
+
+
 def state_specs(
     abstract_state: State,
     param_specs: Any,
     optimizer: optax.GradientTransformation,
     param_keys: tuple[str, ...] = ("params",),
+    adapter_specs: Any = None,
 ) -> State:
     """PartitionSpecs of a train state.
 
     Entries named in `param_keys` get `param_specs`; optimizer moments get the spec
     of the parameter they belong to; everything else (step, rng, counts) is
-    replicated.
+    replicated. With `adapter_specs` (a LoRA state of `new_policy_state`),
+    state["params"] and its moments get those and lora.BASE gets `param_specs`.
     """
     is_spec = lambda x: isinstance(x, PartitionSpec)
+    if adapter_specs is not None:
+        param_keys = tuple(k for k in param_keys if k != "params") + (lora.BASE,)
+    trained = param_specs if adapter_specs is None else adapter_specs
     specs = {}
     for key, sub in abstract_state.items():
         if key in param_keys:
             specs[key] = param_specs
+        elif key == "params":
+            specs[key] = trained
         elif key == "opt_state":
             specs[key] = optax.tree_map_params(
                 optimizer,
                 lambda _, spec: spec,
                 sub,
-                param_specs,
+                trained,
                 transform_non_params=lambda _: PartitionSpec(),
                 is_leaf=is_spec,
             )
@@ -235,6 +271,7 @@ def make_update(
     optimizer: optax.GradientTransformation,
     num_microbatches: int = 1,
     schedule: optax.Schedule | None = None,
+    lora_cfg: lora.LoraConfig | None = None,
 ) -> Callable[[State, Batch], tuple[State, dict[str, jax.Array]]]:
     """One optimizer step on state["params"], accumulating over microbatches.
 
@@ -244,15 +281,19 @@ def make_update(
       optimizer: the optax transformation whose state is state["opt_state"].
       num_microbatches: k; the batch is split with `split_microbatches`.
       schedule: reports the step's learning rate as metric "lr" when given.
+      lora_cfg: state["params"] are LoRA adapters (`new_policy_state`): loss_fn
+        sees `policy_params(state, lora_cfg)`, and only the adapters move.
 
     Returns:
       update(state, batch) -> (state, metrics), pure (jit it with `jit_step`);
       metrics are "loss", every metric of loss_fn, "grad_norm" (and "lr").
     """
 
-    def grads_and_sums(params, batch):
+    def grads_and_sums(params, batch, base):
         def numerator(p):
-            (num, den), metrics = loss_fn(p, batch)
+            (num, den), metrics = loss_fn(
+                policy_params({"params": p, lora.BASE: base}, lora_cfg), batch
+            )
             return num, (den, metrics)
 
         (num, (den, metrics)), grads = jax.value_and_grad(numerator, has_aux=True)(params)
@@ -260,19 +301,19 @@ def make_update(
         return grads, {"loss": (num, den), **metrics}
 
     def update(state, batch):
-        params = state["params"]
+        params, base = state["params"], state.get(lora.BASE)
         if num_microbatches == 1:
-            grads, sums = grads_and_sums(params, batch)
+            grads, sums = grads_and_sums(params, batch, base)
         else:
             micro = split_microbatches(batch, num_microbatches)
             first = jax.tree.map(lambda x: x[0], micro)
             zeros = jax.tree.map(
                 lambda s: jnp.zeros(s.shape, s.dtype),
-                jax.eval_shape(grads_and_sums, params, first),
+                jax.eval_shape(grads_and_sums, params, first, base),
             )
 
             def body(carry, mb):
-                return _tree_add(carry, grads_and_sums(params, mb)), None
+                return _tree_add(carry, grads_and_sums(params, mb, base)), None
 
             (grads, sums), _ = jax.lax.scan(body, zeros, micro)
         den = sums["loss"][1]

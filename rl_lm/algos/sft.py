@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 from rl_lm import parallel
 from rl_lm.algos import common, evaluation
 from rl_lm.data import chat, load_source, sft_batches
+from rl_lm.models import lora
 from rl_lm.models.config import ModelConfig
 from rl_lm.models.tokenizer import check_vocab, load_tokenizer
 from rl_lm.models.transformer import Params, forward, init_params, partition_specs
@@ -82,6 +83,8 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     """The SFT trainer of `config` (see configs/sft_arith.py for the fields).
 
     `init_from` (e.g. a Hugging Face checkpoint's params) replaces the random init.
+    With a `lora` section of nonzero rank, those params are frozen and only LoRA
+    adapters on them train (`rl_lm.models.lora`).
     """
     cfg = common.model_config(config.model)
     tokenizer = load_tokenizer(config.tokenizer)
@@ -103,21 +106,25 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
 
     optimizer = common.make_optimizer(config.optim, train.num_steps)
     param_specs = partition_specs(cfg, config.rules)
+    lora_cfg = lora.from_config(config.get("lora"))
+    adapter_specs = lora_cfg and lora.partition_specs(lora_cfg, cfg, config.rules)
 
     def init_fn(rng):
         params = (
             init_from if init_from is not None else init_params(cfg, jax.random.fold_in(rng, 0))
         )
-        return common.new_state(params, optimizer, rng)
+        return common.new_policy_state(params, optimizer, rng, lora_cfg)
 
     init_state, abstract_state, shardings = common.sharded_init(
-        mesh, init_fn, lambda a: common.state_specs(a, param_specs, optimizer)
+        mesh,
+        init_fn,
+        lambda a: common.state_specs(a, param_specs, optimizer, adapter_specs=adapter_specs),
     )
     loss = functools.partial(loss_fn, cfg=cfg, chunk_size=config.sft.chunk_size)
     schedule = common.learning_rate_schedule(config.optim, train.num_steps)
-    update = common.jit_step(
-        common.make_update(loss, optimizer, train.num_microbatches, schedule), mesh, shardings
-    )
+    update = common.make_update(loss, optimizer, train.num_microbatches, schedule, lora_cfg)
+    update = common.jit_step(update, mesh, shardings)
+    policy = common.jit_policy_params(mesh, param_specs, lora_cfg)
 
     def batches(start_step: int):
         return sft_batches(
@@ -156,5 +163,5 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         state_shardings=shardings,
         batches=batches,
         step=step,
-        evaluate=lambda state: heldout(state["params"]),
+        evaluate=lambda state: heldout(policy(state)),
     )

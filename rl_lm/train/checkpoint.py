@@ -11,6 +11,12 @@ A save that fails (a full or read-only disk) raises `RunError` in one line namin
 the path and the free space, after removing the temporary directory it left; the
 earlier checkpoints are untouched. An async save's failure surfaces at the next
 `check`, `save` or `wait`.
+
+The frozen base params of a LoRA run (the state's `lora.BASE` entry, see
+`rl_lm.models.lora`) are written once, beside the step directories in
+`<directory>_base/`, before the first step that needs them; each step holds only
+the adapters, the optimizer state and the counters, and a restore puts the base
+back into the state.
 """
 
 from __future__ import annotations
@@ -25,11 +31,42 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from rl_lm.models import lora
 from rl_lm.models.saved import load_state, saved_steps
 from rl_lm.train.report import RunError, announce
 
 # The read-only side, for callers of this module (analysis, tests, warm starts).
-__all__ = ["Checkpointer", "load_state", "saved_steps"]
+__all__ = ["Checkpointer", "base_directory", "load_base", "load_state", "saved_steps"]
+
+
+def base_directory(directory: str | os.PathLike) -> Path:
+    """Where the checkpoints in `directory` keep a LoRA run's frozen base params."""
+    directory = Path(directory).absolute()
+    return directory.with_name(directory.name + "_base")
+
+
+def load_base(directory: str | os.PathLike, device: jax.Device | None = None) -> Any:
+    """A LoRA run's frozen base params (`directory`: its checkpoints/), on one device.
+
+    Raises:
+      FileNotFoundError: when the run saved no base (it is not a LoRA run).
+    """
+    path = base_directory(directory)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} not found: the run in {directory} is not a LoRA run.")
+    sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+    with ocp.StandardCheckpointer() as reader:
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+            reader.metadata(path).item_metadata,
+        )
+        return reader.restore(path, target)
+
+
+def _split_base(state: Any) -> tuple[Any, Any]:
+    if not isinstance(state, dict) or lora.BASE not in state:
+        return state, None
+    return {k: v for k, v in state.items() if k != lora.BASE}, state[lora.BASE]
 
 
 class Checkpointer:
@@ -50,6 +87,7 @@ class Checkpointer:
         self._async = async_save
         self._pending: int | None = None  # The step of a save that may still be running.
         self._failed_steps: set[int] = set()  # Steps whose save failed (their tmp dirs go).
+        self._base_saved = base_directory(self.directory).is_dir()
         self._manager = self._open()
 
     def _open(self) -> ocp.CheckpointManager:
@@ -76,7 +114,13 @@ class Checkpointer:
             return
         self.wait()  # A failure of the previous save is reported as that step's.
         self._pending = step
+        state, base = _split_base(state)
         try:
+            if base is not None and not self._base_saved:
+                with ocp.StandardCheckpointer() as writer:
+                    writer.save(base_directory(self.directory), base)
+                    writer.wait_until_finished()
+                self._base_saved = True
             self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
         except Exception as e:  # noqa: BLE001 -- whatever the storage raised, the save failed.
             self._failed(e)
@@ -154,7 +198,15 @@ class Checkpointer:
     def restore(self, step: int, abstract_state: Any) -> Any:
         """Restores `step` into the layout of `abstract_state` (ShapeDtypeStructs
         with shardings, e.g. `Trainer.abstract_state`)."""
-        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        abstract_state, abstract_base = _split_base(abstract_state)
+        state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        if abstract_base is not None:
+            path = base_directory(self.directory)
+            if not path.is_dir():
+                raise FileNotFoundError(f"{path} (the LoRA run's frozen base params) is missing.")
+            with ocp.StandardCheckpointer() as reader:
+                state[lora.BASE] = reader.restore(path, abstract_base)
+        return state
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, int] | tuple[None, None]:
         """The most recent checkpoint that restores, and its step.
