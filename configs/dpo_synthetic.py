@@ -21,6 +21,9 @@ CPU smoke run:
 
 Variants: --config.dpo.loss_type=ipo|cdpo|robust|hinge (label_smoothing for
 cdpo/robust), --config.dpo.beta=..., --config.dpo.reference=online.
+LoRA on the SFT policy (the reference is that policy, with no second copy):
+the argument `lora=8` (configs/dpo_synthetic.py:runlocal,lora=8) or
+--config.lora.rank=8 (rl_lm/models/lora.py).
 """
 
 import ml_collections
@@ -28,10 +31,11 @@ from ml_collections import config_dict
 
 from configs import base, sft_arith
 from rl_lm.algos import dpo_loss
+from rl_lm.models import lora
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = base.parse_arg(arg, runlocal=False, sft_steps=800)
+    arg = base.parse_arg(arg, runlocal=False, sft_steps=800, lora=0)
     config = base.experiment(
         "dpo",
         model=base.model("cpu", max_seq_len=32),
@@ -50,7 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             dict(num_examples=512, batch_size=256, max_new_tokens=16, greedy=True, seed=0)
         ),
         init=base.init(),
+        lora=lora.default_config(),
     )
+    config.lora.rank = arg.lora
     # beta 0.5 (not the paper's 0.1): on this small task 0.1 lets the policy drift
     # ~10 nats from the reference and its samples' win rate stalls near 0.7.
     config.dpo.beta = 0.5

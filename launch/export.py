@@ -11,7 +11,8 @@ stage) keeps that checkpoint's model_type and context length
 tokenizer files (tokenizer.json, tokenizer_config.json, special_tokens_map.json,
 chat_template.jinja, generation_config.json, ...) are copied from config.tokenizer,
 so AutoTokenizer.from_pretrained(OUT) gives the same tokenizer and chat template.
-A from-scratch run (byte tokenizer) exports the model only.
+A from-scratch run (byte tokenizer) exports the model only. A LoRA run's
+adapters are merged into its frozen base, so OUT is a full checkpoint.
 
 Any failure (no such run, no checkpoint, a step not saved, an --out that is not
 empty, a reward model's scalar head) is one line on stderr with exit status 1,

@@ -16,7 +16,10 @@ log-probs of those pairs, and one jitted optimizer step on
   forward pass runs inside the jitted step.
 
 Either way the state keeps "ref_params" (the starting params, `init_from` or the
-fresh init): evaluation samples from the reference and measures KL to it.
+fresh init): evaluation samples from the reference and measures KL to it. With
+LoRA (config `lora`, `rl_lm.models.lora`) the starting params are the frozen
+base the adapters train on, and that one copy (state[lora.BASE]) is the
+reference: the state has no "ref_params".
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from rl_lm import parallel, tasks
 from rl_lm.algos import common, dpo_loss, preference_eval
 from rl_lm.data import load_source, preference_batches
 from rl_lm.data.storage import resolve_data_dir
+from rl_lm.models import lora
 from rl_lm.models.tokenizer import check_vocab, load_tokenizer
 from rl_lm.models.transformer import Params, init_params, partition_specs
 
@@ -220,12 +224,13 @@ def _compute_table(
     return as_bytes, np.asarray(chosen, np.float32), np.asarray(rejected, np.float32)
 
 
-def _with_reference(update, model_cfg, cfg, num_microbatches):
-    """Wraps `update` so that the reference log-probs are computed inside the step."""
+def _with_reference(update, model_cfg, cfg, num_microbatches, ref_key="ref_params"):
+    """Wraps `update` so that the reference log-probs (of state[ref_key]) are computed
+    inside the step."""
     sums = functools.partial(dpo_loss.pair_logprobs, cfg=model_cfg, chunk_size=cfg.chunk_size)
 
     def update_online(state, batch):
-        ref = jax.lax.stop_gradient(state["ref_params"])
+        ref = jax.lax.stop_gradient(state[ref_key])
         if num_microbatches == 1:
             lp_w, lp_l, _, _ = sums(ref, batch)
         else:  # One microbatch at a time, as the policy's forward pass runs.
@@ -246,7 +251,8 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
       mesh: the device mesh.
       init_from: starting policy parameters (e.g. the SFT warm start), which are
         also the reference; None initializes from scratch (the fresh init is then
-        the reference).
+        the reference). With a `lora` section of nonzero rank they are frozen and
+        LoRA adapters on them train.
     """
     cfg, data, train = config.dpo, config.data, config.train
     dpo_loss.validate(cfg)
@@ -259,22 +265,29 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
 
     optimizer = common.make_optimizer(config.optim, train.num_steps)
     param_specs = partition_specs(model_cfg, config.rules)
+    lora_cfg = lora.from_config(config.get("lora"))
+    adapter_specs = lora_cfg and lora.partition_specs(lora_cfg, model_cfg, config.rules)
+    ref_key = "ref_params" if lora_cfg is None else lora.BASE
 
     def init_fn(rng):
         params = init_from if init_from is not None else init_params(model_cfg, rng)
-        return common.new_state(params, optimizer, rng, ref_params=params)
+        ref = {"ref_params": params} if lora_cfg is None else {}
+        return common.new_policy_state(params, optimizer, rng, lora_cfg, **ref)
 
     init_state, abstract_state, shardings = common.sharded_init(
         mesh,
         init_fn,
-        lambda a: common.state_specs(a, param_specs, optimizer, ("params", "ref_params")),
+        lambda a: common.state_specs(
+            a, param_specs, optimizer, ("params", "ref_params"), adapter_specs
+        ),
     )
     loss = functools.partial(dpo_loss.loss_fn, model_cfg=model_cfg, cfg=cfg)
     schedule = common.learning_rate_schedule(config.optim, train.num_steps)
-    update = common.make_update(loss, optimizer, train.num_microbatches, schedule)
+    update = common.make_update(loss, optimizer, train.num_microbatches, schedule, lora_cfg)
     if cfg.reference == "online":
-        update = _with_reference(update, model_cfg, cfg, train.num_microbatches)
+        update = _with_reference(update, model_cfg, cfg, train.num_microbatches, ref_key)
     update = common.jit_step(update, mesh, shardings)
+    policy = common.jit_policy_params(mesh, param_specs, lora_cfg)
     cache_dir = cfg.ref_cache_dir or resolve_data_dir(data.data_dir) / "ref_logprobs"
     tables: dict[str, ReferenceTable] = {}
 
@@ -296,7 +309,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         if cfg.reference == "precompute":
             if "train" not in tables:  # First step of this process: load or compute.
                 tables["train"] = reference_table(
-                    state["ref_params"],
+                    state[ref_key],
                     mesh,
                     model_cfg,
                     tokenizer,
@@ -342,8 +355,9 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
 
     def evaluate(state) -> dict[str, float]:
         if not ref_pairs:  # The reference never changes within a run.
-            ref_pairs.append(pair_eval(state["ref_params"]))
-        lp_w, lp_l, len_w, len_l = pair_eval(state["params"])
+            ref_pairs.append(pair_eval(state[ref_key]))
+        params = policy(state)
+        lp_w, lp_l, len_w, len_l = pair_eval(params)
         ref_w, ref_l = ref_pairs[0][:2]
         ratio_w, ratio_l = dpo_loss.logratios(
             lp_w, lp_l, ref_w, ref_l, len_w, len_l, cfg.length_average
@@ -358,7 +372,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
             "loss": float(jnp.mean(loss)),
         }
         if sample_eval is not None:
-            out.update(sample_eval(state["params"], state["ref_params"]))
+            out.update(sample_eval(params, state[ref_key]))
         return out
 
     return common.Trainer(

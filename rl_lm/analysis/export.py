@@ -5,16 +5,23 @@ init.workdir or its warm-start stage) keeps that checkpoint's model_type and
 context length (max_position_embeddings, not the run's shorter
 model.max_seq_len), and its tokenizer files are copied from config.tokenizer, so
 transformers loads the same tokenizer and chat template. A from-scratch run
-(byte tokenizer) exports the model only.
+(byte tokenizer) exports the model only. A LoRA run (config `lora`) is exported
+merged: its frozen base (saved once beside its checkpoints) plus
+(alpha / rank) A @ B of the step's adapters, in the base's dtype.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
+import jax
+
 from rl_lm.analysis.runs import checkpoint_steps, load_config, load_params, model_config, run_dir
-from rl_lm.models import hf
+from rl_lm.models import hf, lora
+from rl_lm.train.checkpoint import load_base
+from rl_lm.train.loop import CHECKPOINT_DIR
 
 _MAX_DEPTH = 8  # Runs started from runs started from ... a checkpoint.
 
@@ -63,6 +70,10 @@ def export(workdir: str, out: str, step: int | None = None, dtype: str | None = 
     steps = checkpoint_steps(run)
     params = load_params(run, step)
     step = steps[-1] if step is None else step
+    lora_cfg = lora.from_config(config.get("lora"))
+    if lora_cfg is not None:
+        base = load_base(run / CHECKPOINT_DIR, jax.devices("cpu")[0])
+        params = jax.jit(functools.partial(lora.merge, cfg=lora_cfg))(base, params)
     if "policy" in params:  # PPO keeps the policy (and a critic) under one "params".
         params = params["policy"]
     params = {k: v for k, v in params.items() if k != "score"}  # A value head stays behind.
