@@ -5,6 +5,7 @@ The frozen base is the reference; checkpoints hold the adapters, and
 """
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -158,3 +159,15 @@ def test_dpo_lora_reference_is_the_base(tmp_path_factory):
     config.dpo.reference = "precompute"
     _, _, precomputed = _run(dpo.make_trainer, config)
     np.testing.assert_allclose(precomputed, losses, rtol=1e-5)
+
+
+def test_a_lora_run_resumes_from_its_adapters_and_saved_base(sft_runs, tmp_path):
+    config, _ = sft_runs
+    run = tmp_path / "run"
+    loop.train(config, run)  # 6 steps, checkpoints at 3 and 6
+    final, _ = load_state(run / "checkpoints", 6)
+    shutil.rmtree(run / "checkpoints" / "6")
+    result = loop.train(config, run)  # resumes at 3: the base comes from checkpoints_base
+    assert result["step"] == 6
+    again, _ = load_state(run / "checkpoints", 6)
+    jax.tree.map(np.testing.assert_array_equal, again, final)
