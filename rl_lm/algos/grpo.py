@@ -1,7 +1,8 @@
 """GRPO and its variants (Dr.GRPO, DAPO, RLOO, GSPO): the on-policy loop.
 
 One step: sample G completions of each of B prompts with the KV-cache sampler,
-score them with verifiable rewards, turn rewards into group advantages, take
+score them with the config's reward sources (`rl_lm.algos.reward_sources`:
+verifiable rewards by default), turn rewards into group advantages, take
 reference (and, for several updates per rollout, old-policy) log-probs, then
 run num_epochs x num_minibatches jitted optimizer steps on the rollout with
 lp_old fixed. The loss itself is `rl_lm.algos.grpo_loss.loss_fn`.
@@ -40,17 +41,22 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rl_lm import parallel, tasks
-from rl_lm.algos import common, grpo_loss, prime, process_rewards, rm_rewards, rollout
+from rl_lm.algos import (
+    common,
+    grpo_loss,
+    prime,
+    process_rewards,
+    reward_sources,
+    rm_rewards,
+    rollout,
+)
 from rl_lm.core import advantages
 from rl_lm.data import load_source, prompt_batches
 from rl_lm.models.tokenizer import check_vocab, load_tokenizer
 from rl_lm.models.transformer import Params, init_params, partition_specs
-from rl_lm.rewards import user, verifiable
+from rl_lm.rewards import verifiable
 from rl_lm.sampling.logprobs import response_logprobs
 from rl_lm.sampling.sampler import make_sampler
-
-# Per-row reward terms a rollout may carry; their rollout means are logged.
-_REWARD_TERMS = ("reward_learned", "reward_verifiable", "reward_true")
 
 
 def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> common.Trainer:
@@ -83,15 +89,10 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     train_source = load_source(data.name, "train", data_dir=data.data_dir)
     test_source = load_source(data.name, "test", data_dir=data.data_dir)
     task = tasks.for_config(config)
-    # Built-in weights plus the user's functions by import path (rl_lm.rewards.user).
-    reward_fn = user.combine(dict(cfg.rewards), cfg.get("reward_fns", ""), "grpo.reward_fns")
     # What train_accuracy counts as an answer.
     answer_format = config.eval.get("answer", task.answer)
-    rm_cfg = rm_rewards.model_config(config, cfg.reward_source, "grpo.reward_source")
-    use_rm = rm_cfg is not None
-    use_verifiable = cfg.reward_source != "reward_model"
-    rm_scores = rm_rewards.make_scorer(rm_cfg, mesh) if use_rm else None
-    true_reward = rm_rewards.make_true_reward(task, tokenizer)
+    rm_cfg = reward_sources.reward_model_config(config, "grpo")
+    sources = reward_sources.from_config(config, "grpo", mesh=mesh, init_from=init_from, task=task)
     use_ref = cfg.beta > 0 and cfg.kl_placement != "none"
     use_prime = process_rewards.enabled(cfg.get("process")) and cfg.process.source == "prime"
     # The preference evaluation compares with the reference, whatever the loss does;
@@ -132,7 +133,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         return specs
 
     init_state, abstract_state, shardings = rm_rewards.sharded_init(
-        config, mesh, init_fn, specs_fn, rm_cfg, init_from
+        config, mesh, init_fn, specs_fn, rm_cfg, reward_sources.state_init(sources, "rm_params")
     )
     loss = functools.partial(grpo_loss.loss_fn, model_cfg=model_cfg, cfg=cfg)
     schedule = common.learning_rate_schedule(config.optim, num_updates)
@@ -182,47 +183,34 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     collect_args = dict(mesh=mesh, tokenizer=tokenizer, num_generations=g)
 
     def score(state, prompts, key):
-        """Samples and scores one global prompt batch: (Rollout, host per-row values)."""
+        """Samples and scores one global prompt batch: (state, Rollout, host per-row
+        values, the reward sources' metrics)."""
         r = rollout.collect(sampler, state["params"], prompts, key, **collect_args)
         host = {"response": r.host_response, "mask": r.host_mask}
         host["correct"] = verifiable.exact_match(r.texts, r.answers, answer_format)
         if process is not None:
             prompt_texts = tokenizer.decode_batch(prompts["prompt"], prompts["prompt_mask"])
             process_rewards.score_on_host(process, host, prompt_texts, r.texts, g)
-        reward_N = grpo_loss.overlong_penalty(
-            host["mask"].sum(1), cfg.max_new_tokens, cfg.overlong_cache
-        )
-        if use_verifiable:
-            prompt_texts = tokenizer.decode_batch(
-                prompts["prompt"], prompts["prompt_mask"], stop_at_eos=False
-            )
-            prompts_N = list(np.repeat(np.asarray(prompt_texts, dtype=object), g))
-            checked_N = reward_fn(prompts_N, r.texts, r.answers)
-            reward_N = checked_N + reward_N
-            if use_rm:
-                host["reward_verifiable"] = checked_N
-        if use_rm:
-            host["reward_learned"] = parallel.to_host(rm_scores(state["rm_params"], r.rows()))
-            reward_N = reward_N + host["reward_learned"]
-        if true_reward is not None:
-            host["reward_true"] = true_reward(prompts, r.texts)
-        host["reward"] = reward_N
-        return r, host
+        prompts_N = reward_sources.prompt_texts(tokenizer, prompts, g)
+        updates, host["reward"], terms = reward_sources.score(sources, state, r, prompts_N)
+        if "reward_learned" not in terms:  # Alone, the verifiable rewards are the reward.
+            terms.pop("reward_verifiable", None)
+        return {**state, **updates}, r, host, terms
 
     def collect(state, prompts, rollout_index):
         """One rollout, refilled with fresh prompts under DAPO dynamic sampling."""
         key = jax.random.fold_in(jax.random.key(config.seed), rollout_index)
-        r, host = score(state, prompts, jax.random.fold_in(key, 0))
+        state, r, host, terms = score(state, prompts, jax.random.fold_in(key, 0))
         stats = {"reward": host["reward"].mean(), "correct": host["correct"].mean()}
-        stats.update({k: host[k].mean() for k in _REWARD_TERMS if k in host})
         if not cfg.dynamic_sampling:
-            return r, host, stats
+            return state, r, host, stats, terms
         scored, kept = [(r, host)], [_kept_rows(host, g)]
         for attempt in range(1, cfg.max_refills + 1):
             if sum(len(x) for x in kept) >= n:
                 break
             extra_prompts = next(global_prompts(attempt, rollout_index))
-            scored.append(score(state, extra_prompts, jax.random.fold_in(key, attempt)))
+            state, *extra, _ = score(state, extra_prompts, jax.random.fold_in(key, attempt))
+            scored.append(tuple(extra))
             kept.append(_kept_rows(scored[-1][1], g))
         filled = min(sum(len(x) for x in kept), n)
         stats["kept_groups"] = filled / g
@@ -232,12 +220,12 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         }
         if filled < n:  # Not enough informative groups: pad with zero-weight rows.
             merged = {k: _pad_rows(v, n) for k, v in merged.items()}
-        return rollout.take_rows([x for x, _ in scored], kept, n, mesh), merged, stats
+        return state, rollout.take_rows([x for x, _ in scored], kept, n, mesh), merged, stats, terms
 
     def step(state, prompts):
         t0 = time.perf_counter()
         rollout_index = int(state["step"]) // updates_per_rollout
-        r, host, stats = collect(state, prompts, rollout_index)
+        state, r, host, stats, terms = collect(state, prompts, rollout_index)
         t1 = time.perf_counter()
         lo, hi = parallel.process_rows(mesh, n)
         arrays = r.rows()
@@ -309,9 +297,9 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
             time_update=t3 - t2,
             tokens=float(host["mask"].sum()),
         )
-        for name in ("kept_groups", *_REWARD_TERMS):
-            if name in stats:
-                metrics[name] = float(stats[name])
+        if "kept_groups" in stats:
+            metrics["kept_groups"] = float(stats["kept_groups"])
+        metrics.update(terms)
         return state, metrics
 
     policy_eval = rm_rewards.make_policy_eval(config, mesh, model_cfg, tokenizer, test_source, task)

@@ -2,8 +2,9 @@
 
 One step is one rollout, then num_epochs x num_minibatches optimizer steps:
 1. sample G completions of each of B prompts with the KV-cache sampler;
-2. score them: the learned reward model's scalar at the last response token,
-   verifiable rewards, or their sum; normalize (batch or running statistics)
+2. score them with the config's reward sources (`rl_lm.algos.reward_sources`,
+   as GRPO: the learned reward model's scalar at the last response token,
+   verifiable rewards, or their sum); normalize (batch or running statistics)
    and clip;
 3. before any update, take the sampling policy's log-probs (lp_old), the
    reference's (lp_ref) and the critic's values;
@@ -49,13 +50,20 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rl_lm import parallel, tasks
-from rl_lm.algos import common, ppo_loss, process_rewards, reward_model, rm_rewards, rollout
+from rl_lm.algos import (
+    common,
+    ppo_loss,
+    process_rewards,
+    reward_model,
+    reward_sources,
+    rm_rewards,
+    rollout,
+)
 from rl_lm.core.kl import adaptive_kl_update
 from rl_lm.data import load_source, prompt_batches
 from rl_lm.models.config import ModelConfig
 from rl_lm.models.tokenizer import check_vocab, load_tokenizer
 from rl_lm.models.transformer import Params, init_params, partition_specs
-from rl_lm.rewards import user
 from rl_lm.sampling.logprobs import response_logprobs
 from rl_lm.sampling.sampler import make_sampler
 
@@ -65,7 +73,7 @@ def _models(config: Any) -> tuple[ModelConfig, ModelConfig | None, ModelConfig |
     cfg = config.ppo
     base = common.model_config(config.model)
     policy_cfg = base.replace(scalar_head=cfg.critic == "value_head")
-    rm_cfg = rm_rewards.model_config(config, cfg.reward.source, "ppo.reward.source")
+    rm_cfg = reward_sources.reward_model_config(config, "ppo")
     critic_cfg = None
     if cfg.critic == "separate":
         critic_cfg = rm_cfg or base.replace(lm_head=False, scalar_head=True, tie_embeddings=False)
@@ -107,13 +115,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     train_source = load_source(data.name, "train", data_dir=data.data_dir)
     test_source = load_source(data.name, "test", data_dir=data.data_dir)
     task = tasks.for_config(config)
-    use_rm = rm_cfg is not None
-    use_verifiable = cfg.reward.source != "reward_model"
-    verifiable_fn = None
-    if use_verifiable:  # Built-in weights plus the user's functions (rl_lm.rewards.user).
-        spec = cfg.reward.get("reward_fns", "")
-        verifiable_fn = user.combine(dict(cfg.reward.verifiable), spec, "ppo.reward.reward_fns")
-    true_reward = rm_rewards.make_true_reward(task, tokenizer)
+    sources = reward_sources.from_config(config, "ppo", mesh=mesh, init_from=init_from, task=task)
     proc = cfg.get("process")
     process = process_rewards.make(proc, g, config.model, tokenizer, mesh, "ppo.process")
 
@@ -153,7 +155,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         return specs
 
     init_state, abstract_state, shardings = rm_rewards.sharded_init(
-        config, mesh, init_fn, specs_fn, rm_cfg, init_from
+        config, mesh, init_fn, specs_fn, rm_cfg, reward_sources.state_init(sources, "rm_params")
     )
     loss = functools.partial(
         ppo_loss.loss_fn, policy_cfg=policy_cfg, cfg=cfg, critic_cfg=critic_cfg
@@ -189,7 +191,6 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         ),
         out_shardings=rows,
     )
-    rm_scores = rm_rewards.make_scorer(rm_cfg, mesh) if use_rm else None
     targets = jax.jit(
         lambda score, lp, lp_ref, values, m, beta, process_NxT=None: ppo_loss.rollout_targets(
             score, lp, lp_ref, values, m, beta, cfg, process_NxT
@@ -235,31 +236,15 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         if process is not None:
             prompt_texts = tokenizer.decode_batch(prompts["prompt"], prompts["prompt_mask"])
             process_rewards.score_on_host(process, host, prompt_texts, r.texts, g)
-        arrays = r.rows()
-        score = np.zeros(n, np.float32)
-        stats = {}
-        if use_rm:
-            learned = parallel.to_host(rm_scores(state["rm_params"], arrays))
-            score += learned
-            stats["reward_learned"] = float(learned.mean())
-        if use_verifiable:
-            prompt_texts = tokenizer.decode_batch(
-                prompts["prompt"], prompts["prompt_mask"], stop_at_eos=False
-            )
-            prompts_N = list(np.repeat(np.asarray(prompt_texts, dtype=object), g))
-            checked = verifiable_fn(prompts_N, r.texts, r.answers)
-            score += checked
-            stats["reward_verifiable"] = float(checked.mean())
-        if true_reward is not None:
-            truth = true_reward(prompts, r.texts)
-            stats["reward_true"] = float(truth.mean())
-        return arrays, score, stats, host
+        prompts_N = reward_sources.prompt_texts(tokenizer, prompts, g)
+        updates, score, stats = reward_sources.score(sources, state, r, prompts_N)
+        return {**state, **updates}, r.rows(), score, stats, host
 
     def step(state, prompts):
         t0 = time.perf_counter()
         rollout_index = int(state["step"]) // updates_per_rollout
         key = jax.random.fold_in(jax.random.key(config.seed), rollout_index)
-        arrays, score, metrics, host = score_rollout(state, prompts, key)
+        state, arrays, score, metrics, host = score_rollout(state, prompts, key)
         mask = host["mask"]
         score, reward_stats = ppo_loss.normalize_rewards(
             score, state["reward_stats"], cfg.reward.normalize, cfg.reward.clip, cfg.reward.eps

@@ -7,18 +7,17 @@ finished reward-model run (its latest checkpoint), or `stage`, a reward-model
 experiment trained on a fresh start, from the policy's starting trunk (the SFT
 warm start), before the first step. The reward model's params ride in the train
 state as `rm_params`, so a checkpoint holds them and a resumed run reloads
-nothing. On tasks with a hidden true reward (`rl_lm.tasks.Task.true_reward`) the
-trainers log it per rollout next to the learned one; tasks that name the win-rate
-evaluation are evaluated by win rate over the reference.
+nothing; `rl_lm.algos.reward_sources.reward_model` scores rollouts with them.
+Tasks that name the win-rate evaluation are evaluated by win rate over the
+reference.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
-import numpy as np
 from jax.sharding import Mesh
 
 from rl_lm import parallel, tasks
@@ -86,7 +85,7 @@ def sharded_init(
     init_fn: Callable[[jax.Array, Params | None], common.State],
     specs_fn: Callable[[common.State], common.State],
     rm_cfg: ModelConfig | None,
-    init_from: Params | None,
+    load_rm: Callable[[], Params] | None,
 ) -> tuple[Callable[[jax.Array], common.State], common.State, common.State]:
     """`common.sharded_init` of a state that holds the reward model's params when rm_cfg is set.
 
@@ -96,11 +95,12 @@ def sharded_init(
       init_fn: (rng, rm_params or None) -> state, with rm_params as its "rm_params".
       specs_fn: abstract state -> PartitionSpecs of every entry but "rm_params".
       rm_cfg: the reward model's config; None for a state without one.
-      init_from: the policy's starting params (a reward-model stage starts from them).
+      load_rm: () -> the reward model's params (the reward-model source's init,
+        `load_reward_model`); None without a reward model.
 
     Returns:
       (init(rng) -> sharded state, abstract state, state shardings). With a
-      reward model, init loads or trains it (`load_reward_model`) first.
+      reward model, init loads or trains it (`load_rm`) first.
     """
     rm_specs = partition_specs(rm_cfg, config.rules) if rm_cfg is not None else None
 
@@ -123,7 +123,7 @@ def sharded_init(
     )
 
     def init_state(rng):
-        return rm_init(rng, load_reward_model(config, mesh, init_from))
+        return rm_init(rng, load_rm())
 
     return init_state, abstract, shardings
 
@@ -139,27 +139,6 @@ def make_scorer(rm_cfg: ModelConfig, mesh: Mesh) -> Callable[[Params, dict[str, 
         ),
         out_shardings=parallel.batch_sharding(mesh),
     )
-
-
-def make_true_reward(
-    task: tasks.Task, tokenizer: Any
-) -> Callable[[dict[str, np.ndarray], Sequence[str]], np.ndarray] | None:
-    """(global prompt batch of B rows, N = B * G response texts) -> hidden true reward [N].
-
-    None when the task has no true reward.
-    """
-    reward_fn = task.true_reward
-    if reward_fn is None:
-        return None
-
-    def true_reward(prompts, texts):
-        prompt_texts = tokenizer.decode_batch(
-            prompts["prompt"], prompts["prompt_mask"], stop_at_eos=False
-        )
-        g = len(texts) // len(prompt_texts)
-        return reward_fn(list(np.repeat(np.asarray(prompt_texts, object), g)), texts)
-
-    return true_reward
 
 
 def make_policy_eval(
