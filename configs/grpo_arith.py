@@ -22,6 +22,12 @@ CPU smoke run:
 
     python -m launch.train --config=configs/grpo_arith.py:runlocal --workdir=/tmp/grpo_smoke
 
+The whole loop on the device (sampling, the exact-match reward on token ids,
+advantages, reference log-probs and updates compiled together, train.chunk_steps
+steps per call; see rl_lm/algos/grpo_device.py):
+
+    python -m launch.train --config=configs/grpo_arith.py:on_device --workdir=runs/grpo_dev
+
 Variants of the loss (see configs/grpo_paper.py for the papers' settings):
 --config.grpo.advantage=dr_grpo|rloo|batch_std, --config.grpo.aggregation=token-mean,
 --config.grpo.eps_hi=0.28, --config.grpo.dynamic_sampling=True, ...
@@ -35,7 +41,7 @@ from rl_lm.algos import grpo_loss
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = base.parse_arg(arg, runlocal=False, sft_steps=2000, task="add2_careless")
+    arg = base.parse_arg(arg, runlocal=False, sft_steps=2000, task="add2_careless", on_device=False)
     config = base.experiment(
         "grpo",
         model=base.model("cpu", dim=64, num_layers=2, mlp_dim=256, max_seq_len=32),
@@ -62,6 +68,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train = base.train(
         num_steps=400, log_every=10, eval_every=50, ckpt_every=100, eval_at_start=True
     )
+    # GRPO's loop on the device (rl_lm/algos/grpo_device.py), chunk_steps steps per call.
+    config.train.on_device = arg.on_device
+    config.train.chunk_steps = 10
     warm = sft_arith.get_config(f"steps={arg.sft_steps}")
     warm.unlock()
     warm.data.name = config.data.name
@@ -79,6 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.train = base.train(
             num_steps=4, log_every=2, eval_every=2, ckpt_every=2, eval_at_start=True
         )
+        config.train.update(on_device=arg.on_device, chunk_steps=2)
         warm.model = config.model
         warm.data.batch_size = 16
         warm.eval.update(num_examples=16, batch_size=16)

@@ -6,7 +6,10 @@ until `config.train.num_steps`. Everything a resumed run needs is in the
 checkpoint (params, optimizer, step, rng) or derived from the step (the data
 position), so a run restarted after a crash continues exactly where its last
 checkpoint left it. SIGTERM makes the loop save at the next step boundary and
-return.
+return. A trainer with `run_chunk` and `chunk_steps` (GRPO on device,
+`rl_lm.algos.grpo_device`) runs up to chunk_steps steps per call, each chunk
+ending at the next step that evaluates or saves; its per-step metrics are
+logged as any trainer's.
 
 WORKDIR layout: config.json, checkpoints/, metrics.jsonl, tb/, curves.png.
 """
@@ -180,26 +183,37 @@ def train(config: Any, workdir: str | Path) -> dict[str, Any]:
         tokens, clock = 0, time.perf_counter()
         with Preemption() as preemption:
             batches = trainer.batches(start)
-            for step in range(start + 1, num_steps + 1):
-                state, metrics = trainer.step(state, next(batches))
-                watch.push(step, metrics)  # Checks the previous step's, computed by now.
-                ckpt.check()
-                tokens += int(metrics.pop("tokens", 0))
-                row = {}
-                if _due(step, tc.log_every, num_steps):
-                    row = common.host_scalars(metrics)
-                    now = time.perf_counter()
-                    row["tokens_per_s"] = tokens / max(now - clock, 1e-9)
-                    tokens, clock = 0, now
-                if _due(step, tc.eval_every, num_steps):
-                    watch.flush()
-                    evals = {f"eval/{k}": v for k, v in trainer.evaluate(state).items()}
-                    row.update(evals)
-                    result.update(evals)
-                    clock = time.perf_counter()  # Evaluation time is not training throughput.
-                if row:
-                    writer.write(step, row)
-                progress.update(row)
+            step = start
+            while step < num_steps:
+                # A chunked trainer runs several steps per call, up to the next
+                # evaluation or checkpoint; every other trainer one.
+                count = _chunk_length(trainer, step, tc)
+                chunk = [next(batches) for _ in range(count)]
+                if count == 1 and getattr(trainer, "run_chunk", None) is None:
+                    state, metrics = trainer.step(state, chunk[0])
+                    rows = [metrics]
+                else:
+                    state, rows = trainer.run_chunk(state, chunk)
+                for i, metrics in enumerate(rows):
+                    step += 1
+                    watch.push(step, metrics)  # Checks the previous step's, computed by now.
+                    ckpt.check()
+                    tokens += int(metrics.pop("tokens", 0))
+                    row = {}
+                    if _due(step, tc.log_every, num_steps):
+                        row = common.host_scalars(metrics)
+                        now = time.perf_counter()
+                        row["tokens_per_s"] = tokens / max(now - clock, 1e-9)
+                        tokens, clock = 0, now
+                    if i == count - 1 and _due(step, tc.eval_every, num_steps):
+                        watch.flush()
+                        evals = {f"eval/{k}": v for k, v in trainer.evaluate(state).items()}
+                        row.update(evals)
+                        result.update(evals)
+                        clock = time.perf_counter()  # Evaluation time is not throughput.
+                    if row:
+                        writer.write(step, row)
+                    progress.update(row)
                 result["step"] = step
                 if preemption.requested():
                     watch.check_state(step, state)
@@ -272,6 +286,16 @@ def _make_trainer(config: Any, mesh: Any, init_from: Any) -> common.Trainer:
         raise
     except ValueError as e:
         raise ConfigError(f"config.algo={config.algo!r} cannot start: {e}") from e
+
+
+def _chunk_length(trainer: common.Trainer, step: int, tc: Any) -> int:
+    """Steps the next call runs after `step`: 1, or a chunked trainer's `chunk_steps`
+    cut at the next step that evaluates or saves (which need the state)."""
+    end = min(tc.num_steps, step + max(int(getattr(trainer, "chunk_steps", 1)), 1))
+    for every in (tc.eval_every, tc.ckpt_every):
+        if every > 0:
+            end = min(end, (step // every + 1) * every)
+    return end - step
 
 
 def _latest(ckpt: Checkpointer) -> str:
