@@ -10,7 +10,8 @@ lp_old fixed. The loss itself is `rl_lm.algos.grpo_loss.loss_fn`.
 With `grpo.reward_source` = "reward_model" the sequence reward is a learned
 Bradley-Terry reward model's score (`config.reward_model`, as PPO's; see
 `rl_lm.algos.rm_rewards`), with "both" the sum of that score and the verifiable
-rewards; the reward model's params ride in the state as `rm_params`. On tasks
+rewards (`rl_lm.algos.reward_sources` builds and sums the sources, as for PPO);
+the reward model's params ride in the state as `rm_params`. On tasks
 with a hidden true reward (`rl_lm.tasks`) each rollout's true reward is logged
 next to the learned one; a task that names the win-rate evaluation is evaluated
 by win rate over the reference (kept in the state for it) instead of exact match.

@@ -22,6 +22,8 @@ sources either by the existing fields (`grpo.reward_source`, `grpo.rewards`,
 `ppo.reward.verifiable`, `ppo.reward.reward_fns`) or by an optional
 `<algo>.reward_sources` mapping of source names to weights, e.g.
 {"verifiable": 1.0, "reward_model": 0.5}, which replaces the source field.
+The default sections (`grpo_loss.default_config`, `ppo_loss.default_config`)
+do not hold that field, so a config file sets it before the config is locked.
 """
 
 from __future__ import annotations
