@@ -93,6 +93,9 @@ def unsupported(config: Any) -> list[str]:
     answer = config.eval.get("answer", task.answer)
     if answer not in token_match.FORMATS:
         problems.append(f"eval.answer={answer!r} (device formats: {token_match.FORMATS})")
+    lora = config.get("lora")
+    if lora is not None and lora.get("rank"):
+        problems.append(f"lora.rank={lora.rank} (LoRA adapters)")
     if jax.process_count() > 1:
         problems.append(f"{jax.process_count()} processes (single-process only)")
     if config.train.get("chunk_steps", 1) < 1:
