@@ -28,6 +28,9 @@ steps per call; see rl_lm/algos/grpo_device.py):
 
     python -m launch.train --config=configs/grpo_arith.py:on_device --workdir=runs/grpo_dev
 
+LoRA adapters of rank 8 on the frozen SFT start, which is also the KL reference
+(rl_lm/models/lora.py): `:lora=8` or --config.lora.rank=8.
+
 Variants of the loss (see configs/grpo_paper.py for the papers' settings):
 --config.grpo.advantage=dr_grpo|rloo|batch_std, --config.grpo.aggregation=token-mean,
 --config.grpo.eps_hi=0.28, --config.grpo.dynamic_sampling=True, ...
@@ -38,10 +41,13 @@ from ml_collections import config_dict
 
 from configs import base, sft_arith
 from rl_lm.algos import grpo_loss
+from rl_lm.models import lora
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = base.parse_arg(arg, runlocal=False, sft_steps=2000, task="add2_careless", on_device=False)
+    arg = base.parse_arg(
+        arg, runlocal=False, sft_steps=2000, task="add2_careless", on_device=False, lora=0
+    )
     config = base.experiment(
         "grpo",
         model=base.model("cpu", dim=64, num_layers=2, mlp_dim=256, max_seq_len=32),
@@ -59,7 +65,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             dict(num_examples=512, batch_size=256, max_new_tokens=6, seed=0)
         ),
         init=base.init(),
+        lora=lora.default_config(),
     )
+    config.lora.rank = arg.lora
     config.grpo.update(num_generations=8, max_new_tokens=6, beta=0.04, temperature=1.0)
     config.grpo.reward_fns = ""  # "module:function=weight,...": see rl_lm/rewards/user.py
     # RL needs a much smaller step than SFT (the warm start's lr is 1e-3): at 2e-4

@@ -53,6 +53,7 @@ from rl_lm.algos import (
 )
 from rl_lm.core import advantages
 from rl_lm.data import load_source, prompt_batches
+from rl_lm.models import lora
 from rl_lm.models.tokenizer import check_vocab, load_tokenizer
 from rl_lm.models.transformer import Params, init_params, partition_specs
 from rl_lm.rewards import verifiable
@@ -102,6 +103,13 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     num_updates = train.num_steps * updates_per_rollout
     optimizer = common.make_optimizer(config.optim, num_updates)
     param_specs = partition_specs(model_cfg, config.rules)
+    lora_cfg = lora.from_config(config.get("lora"))
+    adapter_specs = lora_cfg and lora.partition_specs(lora_cfg, model_cfg, config.rules)
+    if lora_cfg is not None and use_prime:
+        raise ValueError("grpo.process.source='prime' does not take LoRA yet; set lora.rank=0.")
+    # With LoRA the frozen base is the reference: one copy of the weights.
+    ref_key = "ref_params" if lora_cfg is None else lora.BASE
+    policy = common.jit_policy_params(mesh, param_specs, lora_cfg)
     process, implicit_prm = None, None
     if use_prime:
         implicit_prm = prime.make(
@@ -120,15 +128,17 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
 
     def init_fn(rng, rm_params):
         params = init_from if init_from is not None else init_params(model_cfg, rng)
-        extras = {"ref_params": params} if keep_ref else {}
+        extras = {"ref_params": params} if keep_ref and lora_cfg is None else {}
         if rm_params is not None:
             extras["rm_params"] = rm_params
         if implicit_prm is not None:
             extras["prime"] = implicit_prm["init"](params)
-        return common.new_state(params, optimizer, rng, **extras)
+        return common.new_policy_state(params, optimizer, rng, lora_cfg, **extras)
 
     def specs_fn(abstract):
-        specs = common.state_specs(abstract, param_specs, optimizer, ("params", "ref_params"))
+        specs = common.state_specs(
+            abstract, param_specs, optimizer, ("params", "ref_params"), adapter_specs
+        )
         if implicit_prm is not None:
             specs["prime"] = implicit_prm["specs"]
         return specs
@@ -139,7 +149,9 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     loss = functools.partial(grpo_loss.loss_fn, model_cfg=model_cfg, cfg=cfg)
     schedule = common.learning_rate_schedule(config.optim, num_updates)
     update = common.jit_step(
-        common.make_update(loss, optimizer, cfg.num_microbatches, schedule), mesh, shardings
+        common.make_update(loss, optimizer, cfg.num_microbatches, schedule, lora_cfg),
+        mesh,
+        shardings,
     )
     sampler = make_sampler(
         model_cfg,
@@ -186,7 +198,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     def score(state, prompts, key):
         """Samples and scores one global prompt batch: (state, Rollout, host per-row
         values, the reward sources' metrics)."""
-        r = rollout.collect(sampler, state["params"], prompts, key, **collect_args)
+        r = rollout.collect(sampler, policy(state), prompts, key, **collect_args)
         host = {"response": r.host_response, "mask": r.host_mask}
         host["correct"] = verifiable.exact_match(r.texts, r.answers, answer_format)
         if process is not None:
@@ -233,7 +245,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         ref_lp = None
         if use_ref or (use_prime and lp_temperature == 1.0):
             ref_lp = logprobs(
-                state["ref_params"],
+                state[ref_key],
                 arrays["prompt"],
                 arrays["prompt_mask"],
                 arrays["response"],
@@ -272,7 +284,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
             arrays["lp_ref"] = ref_lp
         if updates_per_rollout > 1:
             arrays["lp_old"] = logprobs(
-                state["params"],
+                policy(state),
                 arrays["prompt"],
                 arrays["prompt_mask"],
                 arrays["response"],
@@ -311,7 +323,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         state_shardings=shardings,
         batches=batches,
         step=step,
-        evaluate=lambda state: policy_eval(state["params"], state.get("ref_params")),
+        evaluate=lambda state: policy_eval(policy(state), state.get(ref_key)),
     )
 
 
