@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from rl_lm.algos import process_rewards, rm_rewards
-from rl_lm.core import advantages, aggregation, kl, losses
+from rl_lm.core import advantages, aggregation, importance, kl, losses
 from rl_lm.models.config import ModelConfig
 from rl_lm.sampling.logprobs import response_logprobs
 
@@ -52,6 +52,9 @@ def default_config() -> ml_collections.ConfigDict:
             "logprob_chunk": 64,
             # Process rewards (token advantages from step scores); off by default.
             "process": process_rewards.default_config(),
+            # Off-policy rollouts: steps 0 = on-policy; 1 = the rollout is one update
+            # stale, corrected by truncated importance weights (rl_lm.core.importance).
+            "off_policy": {"steps": 0, "is_mode": "token", "is_cap": 2.0},
         }
     )
 
@@ -84,6 +87,17 @@ def validate(cfg: Any) -> None:
         )
     if cfg.get("process") is not None:
         problems += process_rewards.validate(cfg.process, cfg)
+    off = cfg.get("off_policy")
+    if off is not None:
+        if off.steps not in (0, 1):
+            problems.append(
+                f"grpo.off_policy.steps={off.steps} not supported: use 0 (on-policy) or 1"
+                " (one-step off-policy)"
+            )
+        if off.is_mode not in importance.IS_MODES:
+            problems.append(f"grpo.off_policy.is_mode={off.is_mode!r} not in {importance.IS_MODES}")
+        if not off.is_cap >= 1.0:
+            problems.append(f"grpo.off_policy.is_cap={off.is_cap} must be >= 1")
     if problems:
         raise ValueError("Invalid GRPO config: " + "; ".join(problems) + ".")
 
@@ -119,7 +133,9 @@ def loss_fn(
         adv [N] (sequence advantages) or [N,T] (token advantages, e.g. from
         process rewards), lp_old [N,T] (when absent, the
         stop-gradient of the current log-probs: one update per rollout),
-        lp_ref [N,T] (needed when the KL is in the loss).
+        lp_ref [N,T] (needed when the KL is in the loss), is_weight [N,T]
+        (optional truncated importance weights of off-policy rollouts; they
+        multiply the policy-gradient term, not the KL).
       model_cfg: the policy's model config.
       cfg: the `grpo` config section.
 
@@ -154,6 +170,8 @@ def loss_fn(
         m=m,
         ratio_level=cfg.ratio_level,
     )
+    if "is_weight" in batch:  # Off-policy: truncated importance weight on the PG term.
+        l = l * batch["is_weight"].astype(l.dtype)
     tokens = jnp.sum(m)
     metrics = {
         name: (jnp.sum(ind[key] * m), tokens)
