@@ -89,10 +89,12 @@ def validate(cfg: Any) -> None:
         problems += process_rewards.validate(cfg.process, cfg)
     off = cfg.get("off_policy")
     if off is not None:
-        if off.steps not in (0, 1):
+        if off.steps != 0:
+            # The truncated weights (rl_lm.core.importance) and the loss's is_weight
+            # term exist; the pipelined rollout that would feed them does not yet.
             problems.append(
-                f"grpo.off_policy.steps={off.steps} not supported: use 0 (on-policy) or 1"
-                " (one-step off-policy)"
+                f"grpo.off_policy.steps={off.steps} not supported yet: the one-step"
+                " off-policy pipeline is not built; use 0 (on-policy)"
             )
         if off.is_mode not in importance.IS_MODES:
             problems.append(f"grpo.off_policy.is_mode={off.is_mode!r} not in {importance.IS_MODES}")

@@ -175,3 +175,14 @@ def test_validate_names_the_field():
         grpo_loss.validate(_cfg(aggregation="tokenmean"))
     with pytest.raises(ValueError, match="grpo.num_generations must be >= 2"):
         grpo_loss.validate(_cfg(num_generations=1))
+
+
+def test_off_policy_steps_refused_until_the_pipeline_exists():
+    cfg = grpo_loss.default_config()
+    cfg.off_policy.steps = 1
+    with pytest.raises(ValueError, match="off_policy.steps=1 not supported yet"):
+        grpo_loss.validate(cfg)
+    cfg.off_policy.steps = 0
+    cfg.off_policy.is_cap = 0.5
+    with pytest.raises(ValueError, match="is_cap=0.5 must be >= 1"):
+        grpo_loss.validate(cfg)
