@@ -1,7 +1,7 @@
 """The import graph of rl_lm: dependencies point one way, and no module cycle.
 
 Layers, lowest first: core and parallel <- models, sampling <- data, rewards, tools,
-tasks <- algos <- train <- analysis. A module may import its own layer or a
+tasks, envs <- algos <- train <- analysis. A module may import its own layer or a
 lower one. Every import counts, including those inside functions: a lazy import
 hides a cycle, it does not remove it.
 """
@@ -23,6 +23,7 @@ LAYERS = {
     "rewards": 2,
     "tasks": 2,
     "tools": 2,
+    "envs": 2,
     "algos": 3,
     "train": 4,
     "analysis": 5,
