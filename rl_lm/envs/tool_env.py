@@ -14,7 +14,8 @@ Observation formats (`render_results`):
 
 Every output is a string; failed calls (unparsable, unknown tool, wrong
 arguments, a tool that raised or timed out, one over the per-turn limit) are
-outputs starting "error", so no model text raises.
+outputs starting "error" (the sandbox's own failures end with an "error: ..."
+line instead), so no model text raises.
 """
 
 from __future__ import annotations
