@@ -172,6 +172,7 @@ def response_logprobs(
     chunk_size: int | None = None,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    attention_mask_NxR: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Log-probs of response tokens after their prompts, in the sampler's layout.
 
@@ -189,6 +190,9 @@ def response_logprobs(
         chunk_size: time steps per output-projection chunk (see `hidden_logprobs`).
         temperature: the distribution is log_softmax(logits / temperature).
         with_entropy: also return per-token entropies.
+        attention_mask_NxR: 1 on every response token the model sees, when that is
+            more than the scored ones (a multi-turn response's observation tokens are
+            seen, not scored); defaults to `response_mask_NxR`.
 
     Returns:
         logp_NxR in float32, 0 where response_mask_NxR is 0; or (logp_NxR, entropy_NxR).
@@ -206,10 +210,17 @@ def response_logprobs(
             f"{n} response rows is not a multiple of {b} prompts; rows must be "
             "prompt-major with the same number of samples per prompt."
         )
+    if attention_mask_NxR is None:
+        attention_mask_NxR = response_mask_NxR
+    elif attention_mask_NxR.shape != (n, r):
+        raise ValueError(
+            f"attention mask shape {attention_mask_NxR.shape} does not match response {(n, r)}."
+        )
     g = n // b
     tokens_NxT = jnp.concatenate([jnp.repeat(prompt_BxP, g, axis=0), response_NxR], axis=1)
     mask_NxT = jnp.concatenate(
-        [jnp.repeat(prompt_mask_BxP, g, axis=0), response_mask_NxR], axis=1
+        [jnp.repeat(prompt_mask_BxP, g, axis=0), attention_mask_NxR.astype(prompt_mask_BxP.dtype)],
+        axis=1,
     ).astype(jnp.bool_)
     hidden_NxTxD, _ = forward(params, tokens_NxT, cfg, mask_NxT=mask_NxT)
     out = hidden_logprobs(
