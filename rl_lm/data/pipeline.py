@@ -157,12 +157,58 @@ def _padded_row(tokenizer, index, row, context, mask, max_len, truncate, name):
     return tokens_T, mask_T
 
 
+def segment_ids(
+    tokenizer, prompt: str, response: str, segments: str | Sequence
+) -> tuple[list[int], list[int]]:
+    """[BOS] + prompt + response + [EOS] from the response's [text, trainable] segments.
+
+    Each segment's text is encoded on its own (as a multi-turn sampler appends
+    separately encoded observations), so a demonstration tokenizes as a rollout
+    does; the loss mask is 1 on the trainable segments and the EOS.
+    """
+    if isinstance(segments, str):
+        try:
+            segments = json.loads(segments)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"segments of prompt {prompt!r} are not JSON: {e}.") from None
+    ok = isinstance(segments, list) and all(
+        isinstance(s, list | tuple)
+        and len(s) == 2
+        and isinstance(s[0], str)
+        and s[1] in (0, 1)
+        and not isinstance(s[1], float)
+        for s in segments
+    )
+    if not ok:
+        raise ValueError(
+            f"segments of prompt {prompt!r} must be a list of [text, trainable] pairs, "
+            f"trainable 0 or 1; got {segments!r:.300}."
+        )
+    if "".join(text for text, _ in segments) != response:
+        raise ValueError(
+            f"segments of prompt {prompt!r} do not concatenate to its response "
+            f"{response!r:.300}: {segments!r:.300}."
+        )
+    row = prompt_ids(tokenizer, prompt)
+    mask = [0] * len(row)
+    for text, trainable in segments:
+        ids = tokenizer.encode(text)
+        row += ids
+        mask += [int(trainable)] * len(ids)
+    return row + [tokenizer.eos_id], mask + [1]
+
+
 def _sft_ids(tokenizer, ex) -> tuple[list[int], int, list[int] | None, str]:
     """An sft example's row, its context length or loss mask, and its name in errors."""
     messages = _text(ex.get("messages", ""))
     if messages:
         row, mask = chat_ids(tokenizer, messages)
         return row, 0, mask, "conversation"
+    segments = _text(ex.get("segments", ""))
+    if segments:
+        prompt, response = _text(ex["prompt"]), _text(ex["response"])
+        row, mask = segment_ids(tokenizer, prompt, response, segments)
+        return row, 0, mask, "prompt + response segments + [EOS]"
     row, context = target_ids(tokenizer, _text(ex["prompt"]), _text(ex["response"]))
     return row, context, None, "prompt + response + [EOS]"
 
@@ -231,7 +277,9 @@ def sft_batches(
 
     An example whose "messages" (a conversation as JSON text) is non-empty becomes
     [BOS] + the conversation rendered with the tokenizer's chat template, with the
-    loss on its assistant turns (`chat_ids`); the others, prompt + response.
+    loss on its assistant turns (`chat_ids`); one whose "segments" (JSON [text,
+    trainable] pairs of its response) is non-empty, prompt + response with the loss
+    on the trainable segments (`segment_ids`); the others, prompt + response.
 
     Args:
         source: random-access examples with "prompt" and "response", and optionally

@@ -111,6 +111,7 @@ def for_config(config: Any) -> Task:
 for _task in (
     Task("arithmetic", "arithmetic"),
     Task("chain", "chain"),
+    Task("tool_arith", "tool_arith", answer="marked"),  # answers after "####"
     Task("jsonl", "jsonl"),
     Task(
         "sort_pref",
