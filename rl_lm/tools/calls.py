@@ -8,11 +8,14 @@ Two call formats:
   budgets cannot afford JSON: `<call>name(arg=value, ...)</call>`. Values are
   Python literals (numbers, quoted strings, True/False/None, lists) read with
   `ast.literal_eval`; positional arguments are not allowed, so every value is
-  named as in the Hermes format. Example: `<call>calculator(expression="2*3")</call>`.
+  named as in the Hermes format, and no name may be given twice. Example:
+  `<call>calculator(expression="2*3")</call>`.
 
-Several calls may appear in one turn. A call that does not parse becomes a
-`ToolCall` with `error` set, never an exception: the environment turns it into
-an error observation and the reward may charge a format penalty.
+Several calls may appear in one turn. A call that does not parse (bad syntax,
+an unhashable dict key, nesting too deep for the parser, an integer over
+Python's digit limit, a repeated argument) becomes a `ToolCall` with `error`
+set, never an exception: the environment turns it into an error observation
+and the reward may charge a format penalty.
 """
 
 from __future__ import annotations
@@ -55,19 +58,33 @@ class ToolResult(NamedTuple):
     seconds: float
 
 
-def _parse_hermes(body: str) -> ToolCall:
+def _first_clause(e: object) -> str:
+    """A message up to its first ';' (drops hints such as "use sys.set_int_max_str_digits()")."""
+    return str(e).split(";")[0]
+
+
+def _loads(text: str) -> tuple[Any, str | None]:
+    """`json.loads(text)` and None, or None and why it failed; never raises."""
     try:
-        obj = json.loads(body)
+        return json.loads(text), None
     except json.JSONDecodeError as e:
-        return ToolCall(None, {}, body, f"invalid JSON: {e.msg} at position {e.pos}")
+        return None, f"invalid JSON: {e.msg} at position {e.pos}"
+    except (RecursionError, MemoryError):
+        return None, "invalid JSON: nested too deeply"
+    except ValueError as e:  # e.g. an integer of more than sys.get_int_max_str_digits() digits
+        return None, f"invalid JSON: {_first_clause(e)}"
+
+
+def _parse_hermes(body: str) -> ToolCall:
+    obj, error = _loads(body)
+    if error is not None:
+        return ToolCall(None, {}, body, error)
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return ToolCall(None, {}, body, 'a call is an object with a string "name"')
     args = obj.get("arguments", {})
     if isinstance(args, str):  # some templates double-encode the arguments
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            pass
+        decoded, error = _loads(args)
+        args = args if error is not None else decoded
     if not isinstance(args, dict):
         return ToolCall(obj["name"], {}, body, '"arguments" must be an object')
     return ToolCall(obj["name"], args, body)
@@ -76,8 +93,10 @@ def _parse_hermes(body: str) -> ToolCall:
 def _parse_compact(body: str) -> ToolCall:
     try:
         node = ast.parse(body.strip(), mode="eval").body
-    except SyntaxError as e:
-        return ToolCall(None, {}, body, f"not a call: {e.msg}")
+    except (SyntaxError, ValueError) as e:  # ValueError: null bytes, on some Pythons
+        return ToolCall(None, {}, body, f"not a call: {_first_clause(getattr(e, 'msg', e))}")
+    except (RecursionError, MemoryError):  # the parser's stack, not the heap, ran out
+        return ToolCall(None, {}, body, "not a call: nested too deeply")
     if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
         return ToolCall(None, {}, body, "expected name(arg=value, ...)")
     name = node.func.id
@@ -87,18 +106,31 @@ def _parse_compact(body: str) -> ToolCall:
     for kw in node.keywords:
         if kw.arg is None:
             return ToolCall(name, {}, body, "** arguments are not allowed")
+        if kw.arg in args:
+            return ToolCall(name, {}, body, f"argument {kw.arg} is given twice")
         try:
             args[kw.arg] = ast.literal_eval(kw.value)
         except (ValueError, SyntaxError):
             return ToolCall(name, {}, body, f"argument {kw.arg} is not a literal")
+        except TypeError as e:  # {[]: 1}: an unhashable key or set member
+            return ToolCall(name, {}, body, f"argument {kw.arg} is not a valid literal: {e}")
+        except (RecursionError, MemoryError):
+            return ToolCall(name, {}, body, f"argument {kw.arg} is nested too deeply")
     return ToolCall(name, args, body)
+
+
+def _parse_one(parse: Callable[[str], ToolCall], body: str) -> ToolCall:
+    try:
+        return parse(body)
+    except Exception as e:  # a last guard: model text must never crash the run
+        return ToolCall(None, {}, body, f"call could not be parsed ({type(e).__name__})")
 
 
 def parse_calls(text: str, fmt: str = HERMES) -> list[ToolCall]:
     """Every call in `text`, in order; an opening tag never closed is a call with an error."""
     pattern, opener = _PATTERNS[fmt], _OPEN[fmt]
     parse = _parse_hermes if fmt == HERMES else _parse_compact
-    calls = [parse(m.group(1)) for m in pattern.finditer(text)]
+    calls = [_parse_one(parse, m.group(1)) for m in pattern.finditer(text)]
     tail = text[max((m.end() for m in pattern.finditer(text)), default=0) :]
     if opener in tail:
         calls.append(ToolCall(None, {}, tail, f"{opener} is never closed"))

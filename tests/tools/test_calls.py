@@ -107,6 +107,56 @@ def test_malformed_calls_are_errors_not_exceptions(text, fmt, error):
     assert not result.ok and result.output.startswith("error: ")
 
 
+DEEP = 100_000
+
+
+@pytest.mark.parametrize(
+    "text, fmt, error",
+    [
+        ("<call>echo(text={[]: 1})</call>", COMPACT, "not a valid literal: unhashable type"),
+        ("<call>echo(text={{1}})</call>", COMPACT, "not a valid literal: unhashable type"),
+        ("<call>echo(text='a', text='b')</call>", COMPACT, "argument text is given twice"),
+        ("<call>echo(text='a', times=1, times=2)</call>", COMPACT, "argument times is given twice"),
+        (f"<call>echo(text={'[' * DEEP}{']' * DEEP})</call>", COMPACT, "not a call"),
+        (f"<call>echo(text={'-' * DEEP}1)</call>", COMPACT, "nested too deeply"),
+        (f"<call>echo(text={'-' * 5000}1)</call>", COMPACT, "nested too deeply"),
+        (f"<call>echo(text={'1+' * DEEP}1)</call>", COMPACT, "nested too deeply"),
+        (f"<call>echo(text={'1' * 5000})</call>", COMPACT, "not a call: Exceeds the limit"),
+        ("<call>echo(text=1)\x00</call>", COMPACT, "not a call"),
+        (f"<tool_call>{'[' * DEEP}</tool_call>", HERMES, "invalid JSON: nested too deeply"),
+        (f"<tool_call>{'[' * DEEP}{']' * DEEP}</tool_call>", HERMES, "nested too deeply"),
+        (
+            f'<tool_call>{{"name": "echo", "arguments": {{"times": {"9" * 5000}}}}}</tool_call>',
+            HERMES,
+            "invalid JSON: Exceeds the limit (4300 digits)",
+        ),
+        (
+            f'<tool_call>{{"name": "echo", "arguments": "{"[" * DEEP}"}}</tool_call>',
+            HERMES,
+            '"arguments" must be an object',
+        ),
+    ],
+    ids=lambda v: v if v in (HERMES, COMPACT) or len(v) < 40 else f"{v[:30]}...({len(v)})",
+)
+def test_hostile_text_is_an_error_never_an_exception(text, fmt, error):
+    [call] = parse_calls(text, fmt)
+    assert call.error is not None and error in call.error
+    assert "set_int_max_str_digits" not in call.error
+    [result] = run_calls(TOOLS, [call])
+    assert not result.ok and result.output == f"error: {call.error}"
+
+
+def test_parser_crash_is_caught(monkeypatch):
+    import rl_lm.tools.calls as calls
+
+    def boom(body):
+        raise KeyError(body)
+
+    monkeypatch.setattr(calls, "_parse_compact", boom)
+    [call] = parse_calls("<call>echo(text='a')</call>", COMPACT)
+    assert call.error == "call could not be parsed (KeyError)" and call.name is None
+
+
 def test_no_calls():
     assert parse_calls("just an answer: 42") == []
     assert run_calls(TOOLS, []) == []
