@@ -44,6 +44,7 @@ from jax.sharding import Mesh
 from rl_lm import parallel, tasks
 from rl_lm.algos import (
     common,
+    episodes,
     grpo_loss,
     prime,
     process_rewards,
@@ -164,8 +165,23 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         pad_id=tokenizer.pad_id,
     )
     lp_temperature = cfg.temperature if cfg.temperature > 0 else 1.0
+    env_cfg = cfg.get("env")
+    collect_rollout = functools.partial(rollout.collect, sampler)
+    if episodes.enabled(env_cfg):
+        sampling = dict(
+            max_tokens=cfg.max_new_tokens,
+            max_turn_tokens=env_cfg.max_turn_tokens,
+            max_observation_tokens=env_cfg.max_observation_tokens,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+        )
+        episode_args = {"model_cfg": model_cfg, "sampling": sampling}
+        collect_rollout = functools.partial(
+            episodes.collect, episode_args, episodes.make_env(env_cfg)
+        )
 
-    def lp_fn(params, prompt, prompt_mask, response, mask):
+    def lp_fn(params, prompt, prompt_mask, response, mask, attention_mask=None):
         return response_logprobs(
             params,
             model_cfg,
@@ -175,6 +191,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
             mask,
             chunk_size=cfg.logprob_chunk,
             temperature=lp_temperature,
+            attention_mask_NxR=attention_mask,
         )
 
     logprobs = jax.jit(lp_fn, out_shardings=parallel.batch_sharding(mesh))
@@ -198,7 +215,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     def score(state, prompts, key):
         """Samples and scores one global prompt batch: (state, Rollout, host per-row
         values, the reward sources' metrics)."""
-        r = rollout.collect(sampler, policy(state), prompts, key, **collect_args)
+        r = collect_rollout(policy(state), prompts, key, **collect_args)
         host = {"response": r.host_response, "mask": r.host_mask}
         host["correct"] = verifiable.exact_match(r.texts, r.answers, answer_format)
         if process is not None:
@@ -250,6 +267,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
                 arrays["prompt_mask"],
                 arrays["response"],
                 arrays["mask"],
+                arrays.get("attention_mask"),
             )
         rewards = host["reward"].astype(np.float32)
         metrics = {}
@@ -289,6 +307,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
                 arrays["prompt_mask"],
                 arrays["response"],
                 arrays["mask"],
+                arrays.get("attention_mask"),
             )
         jax.block_until_ready(arrays)
         t2 = time.perf_counter()
@@ -310,12 +329,21 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
             time_update=t3 - t2,
             tokens=float(host["mask"].sum()),
         )
+        if r.episode is not None:  # tool metrics, per episode
+            metrics.update({k: float(np.mean(v)) for k, v in r.episode.items()})
         if "kept_groups" in stats:
             metrics["kept_groups"] = float(stats["kept_groups"])
         metrics.update(terms)
         return state, metrics
 
-    policy_eval = rm_rewards.make_policy_eval(config, mesh, model_cfg, tokenizer, test_source, task)
+    if episodes.enabled(env_cfg):  # held-out episodes, greedy, with the same tools
+        policy_eval = episodes.make_eval(
+            config, env_cfg, mesh, model_cfg, tokenizer, test_source, answer_format
+        )
+    else:
+        policy_eval = rm_rewards.make_policy_eval(
+            config, mesh, model_cfg, tokenizer, test_source, task
+        )
     return common.Trainer(
         mesh=mesh,
         init_state=init_state,

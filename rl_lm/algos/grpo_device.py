@@ -85,6 +85,11 @@ def unsupported(config: Any) -> list[str]:
         problems.append("grpo.dynamic_sampling=True (refills are host decisions)")
     if cfg.overlong_cache:
         problems.append(f"grpo.overlong_cache={cfg.overlong_cache} (host numpy shaping)")
+    if cfg.get("reward_sources"):
+        problems.append("grpo.reward_sources (reward sources are host functions)")
+    env = cfg.get("env")
+    if env is not None and env.get("name"):
+        problems.append(f"grpo.env.name={env.name!r} (tool calls run on the host)")
     if cfg.get("reward_fns", ""):
         problems.append(f"grpo.reward_fns={cfg.reward_fns!r} (user functions read text)")
     extra = sorted(set(cfg.rewards) - set(DEVICE_REWARDS))

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rl_lm.algos import process_rewards, rm_rewards
+from rl_lm.algos import episodes, process_rewards, rm_rewards
 from rl_lm.core import advantages, aggregation, importance, kl, losses
 from rl_lm.models.config import ModelConfig
 from rl_lm.sampling.logprobs import response_logprobs
@@ -55,6 +55,9 @@ def default_config() -> ml_collections.ConfigDict:
             # Off-policy rollouts: steps 0 = on-policy; 1 = the rollout is one update
             # stale, corrected by truncated importance weights (rl_lm.core.importance).
             "off_policy": {"steps": 0, "is_mode": "token", "is_cap": 2.0},
+            # Multi-turn episodes with tools (rl_lm.algos.episodes); name "" = single-turn.
+            # max_new_tokens is then an episode's whole response budget.
+            "env": episodes.default_config(),
         }
     )
 
@@ -100,6 +103,9 @@ def validate(cfg: Any) -> None:
             problems.append(f"grpo.off_policy.is_mode={off.is_mode!r} not in {importance.IS_MODES}")
         if not off.is_cap >= 1.0:
             problems.append(f"grpo.off_policy.is_cap={off.is_cap} must be >= 1")
+    problems += episodes.problems(cfg.get("env"), "grpo.env")
+    if episodes.enabled(cfg.get("env")) and process_rewards.enabled(cfg.get("process")):
+        problems.append("grpo.process with grpo.env: process rewards of episodes are not built")
     if problems:
         raise ValueError("Invalid GRPO config: " + "; ".join(problems) + ".")
 
@@ -137,7 +143,9 @@ def loss_fn(
         stop-gradient of the current log-probs: one update per rollout),
         lp_ref [N,T] (needed when the KL is in the loss), is_weight [N,T]
         (optional truncated importance weights of off-policy rollouts; they
-        multiply the policy-gradient term, not the KL).
+        multiply the policy-gradient term, not the KL), attention_mask [N,T]
+        (multi-turn episodes: observation tokens are seen but, with mask 0,
+        neither scored nor in any term of the loss).
       model_cfg: the policy's model config.
       cfg: the `grpo` config section.
 
@@ -157,6 +165,7 @@ def loss_fn(
         batch["mask"],
         chunk_size=cfg.logprob_chunk,
         temperature=cfg.temperature if cfg.temperature > 0 else 1.0,
+        attention_mask_NxR=batch.get("attention_mask"),
     )
     lp_old = batch["lp_old"] if "lp_old" in batch else jax.lax.stop_gradient(lp)
     adv = batch["adv"]

@@ -36,6 +36,11 @@ class Rollout(NamedTuple):
       host_mask: [N, T] the loss mask on the host.
       texts: the N decoded responses.
       answers: the N reference answers ("" where the data has none).
+      attention_mask: [N, T] for multi-turn episodes (`rl_lm.algos.episodes`): 1 on
+        every response token the model sees, observations included; None when it is
+        the loss mask.
+      episode: per-row environment reward terms and tool metrics ([N] each), and
+        "time_tools" (seconds); None for single-turn rollouts.
     """
 
     prompt: jax.Array
@@ -47,10 +52,15 @@ class Rollout(NamedTuple):
     host_mask: np.ndarray
     texts: list[str]
     answers: list[str]
+    attention_mask: jax.Array | None = None
+    episode: dict[str, np.ndarray] | None = None
 
     def rows(self) -> dict[str, jax.Array]:
-        """The device fields of ROW_KEYS, as a fresh dict."""
-        return {k: getattr(self, k) for k in ROW_KEYS}
+        """The device fields of ROW_KEYS (and the attention mask where there is one)."""
+        out = {k: getattr(self, k) for k in ROW_KEYS}
+        if self.attention_mask is not None:
+            out["attention_mask"] = self.attention_mask
+        return out
 
 
 def collect(
@@ -125,10 +135,21 @@ def take_rows(rollouts: Sequence[Rollout], rows: Sequence[np.ndarray], n: int, m
         merged = [getattr(r, field)[j] for r, i in zip(rollouts, rows, strict=True) for j in i]
         return (merged + [""] * n)[:n]
 
+    multiturn = rollouts[0].attention_mask is not None
+    episode = None
+    if multiturn:
+        episode = {
+            k: np.concatenate(merge([r.episode[k][i] for r, i in zip(rollouts, rows, strict=True)],
+                                    lambda k_, x: np.zeros((k_,), x.dtype)))[:n]
+            for k in rollouts[0].episode if k != "time_tools"
+        }  # fmt: skip
+        episode["time_tools"] = np.float32(sum(r.episode["time_tools"] for r in rollouts))
     return Rollout(
         **{k: device(k) for k in (*ROW_KEYS, "lp_sample")},
         host_response=host("host_response"),
         host_mask=host("host_mask"),
         texts=texts("texts"),
         answers=texts("answers"),
+        attention_mask=device("attention_mask") if multiturn else None,
+        episode=episode,
     )

@@ -1,0 +1,286 @@
+"""Multi-turn episodes as on-policy rollouts: an environment per row, the multi-turn sampler.
+
+`config.<algo>.env` names the environment; an empty name keeps the single-turn
+sampler. Each of the N = B * G rows gets its own environment state from
+`env.reset` on its prompt row; when a row's turn ends, its sampled ids are
+decoded, the environment steps (rows in parallel threads, each tool call with
+its own timeout) and its observation is encoded on its own and appended, ids
+as they are (`rl_lm.sampling.multiturn`).
+
+The prompt ids are those of the data pipeline (`prompt_batches`, with the chat
+template where the tokenizer has one); the environment's reset text is not
+re-encoded. The rollout's `texts` are what the model wrote (its sampled tokens
+only), so an answer check never credits a tool's output; the environment's
+reward terms and tool metrics come per row in `Rollout.episode`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from rl_lm import parallel
+from rl_lm.algos.rollout import Rollout
+from rl_lm.data import prompt_batches
+from rl_lm.envs.tool_env import ToolEnv
+from rl_lm.rewards import verifiable
+from rl_lm.sampling.multiturn import MultiTurnOutput, sample_multiturn
+from rl_lm.tools import calculator, sandbox
+from rl_lm.tools.calls import COMPACT, HERMES
+
+# Tool names a config may list, and how each is made.
+TOOLS: dict[str, Callable[[], Callable[..., str]]] = {
+    "calculator": lambda: calculator.calculator,
+    "python": lambda: sandbox.make_python_tool(),
+}
+ENVS = ("", "tools")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The environment section of an on-policy config; name "" is single-turn."""
+    return ml_collections.ConfigDict(
+        {
+            "name": "",  # "" (single-turn) | "tools"
+            "tools": "calculator",  # comma-separated names of TOOLS
+            "format": COMPACT,  # compact | hermes (the call format)
+            "max_turns": 4,  # turns per episode, the answer turn included
+            "max_calls_per_turn": 4,
+            "max_turn_tokens": 0,  # sampled tokens per turn; 0 = the whole budget
+            "max_observation_tokens": 32,  # ids of one observation at most (head + tail)
+            "timeout": 10.0,  # seconds per turn's calls
+            "max_output": 200,  # characters of one tool output (middle-truncated)
+        }
+    )
+
+
+def enabled(cfg: Any) -> bool:
+    return cfg is not None and bool(cfg.get("name", ""))
+
+
+def problems(cfg: Any, prefix: str) -> list[str]:
+    """What is wrong with an env section, one line each (empty when fine)."""
+    if cfg is None:
+        return []
+    out = []
+    if cfg.name not in ENVS:
+        out.append(f"{prefix}.name={cfg.name!r} not in {ENVS}")
+    unknown = sorted(set(_tool_names(cfg)) - set(TOOLS))
+    if cfg.name and unknown:
+        out.append(f"{prefix}.tools: unknown {unknown}; known: {sorted(TOOLS)}")
+    if cfg.format not in (COMPACT, HERMES):
+        out.append(f"{prefix}.format={cfg.format!r} not in ({COMPACT!r}, {HERMES!r})")
+    for key in ("max_turns", "max_calls_per_turn", "max_observation_tokens", "max_output"):
+        if cfg[key] < 1:
+            out.append(f"{prefix}.{key}={cfg[key]} must be >= 1")
+    if cfg.max_turn_tokens < 0 or not cfg.timeout > 0:
+        out.append(f"{prefix}.max_turn_tokens must be >= 0 and {prefix}.timeout > 0")
+    return out
+
+
+def _tool_names(cfg: Any) -> list[str]:
+    return [t.strip() for t in cfg.tools.split(",") if t.strip()]
+
+
+def make_env(cfg: Any) -> ToolEnv:
+    """The environment an env section names."""
+    tools = {name: TOOLS[name]() for name in _tool_names(cfg)}
+    return ToolEnv(
+        tools,
+        fmt=cfg.format,
+        max_turns=cfg.max_turns,
+        max_calls_per_turn=cfg.max_calls_per_turn,
+        timeout=cfg.timeout,
+        max_output=cfg.max_output,
+    )
+
+
+class Episodes(NamedTuple):
+    """A batch of finished episodes: the sampler's output and each row's env outcome."""
+
+    out: MultiTurnOutput
+    terms: dict[str, np.ndarray]  # per-row reward terms and tool metrics, [N] each
+    tool_seconds: float  # wall time spent stepping environments
+
+
+def run_episodes(
+    env: Any,
+    tokenizer: Any,
+    params: Any,
+    model_cfg: Any,
+    prompts: dict[str, np.ndarray],
+    key: jax.Array,
+    *,
+    num_generations: int,
+    max_tokens: int,
+    max_turn_tokens: int = 0,
+    max_observation_tokens: int = 32,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    workers: int = 8,
+) -> Episodes:
+    """Samples G episodes of each prompt row (prompt, prompt_mask, answer, ...)."""
+    g = num_generations
+    b = len(prompts["prompt"])
+    fields = [k for k in prompts if k not in ("prompt", "prompt_mask")]
+    texts = tokenizer.decode_batch(prompts["prompt"], prompts["prompt_mask"], stop_at_eos=False)
+    rows = [{**{k: prompts[k][i] for k in fields}, "prompt": texts[i]} for i in range(b)]
+    states = [env.reset(rows[i // g])[1] for i in range(b * g)]
+    terms: list[dict | None] = [None] * (b * g)
+    spent = [0.0]
+
+    def step_row(i: int, ids: np.ndarray, final: bool):
+        result = env.step(states[i], tokenizer.decode(ids))
+        states[i] = result.env_state
+        if result.done or final:
+            terms[i] = dict(result.reward_terms)
+            return None
+        return np.asarray(tokenizer.encode(result.observation or ""), np.int32)
+
+    pool = ThreadPoolExecutor(max_workers=workers)
+
+    def on_turns(ended, actions, final):
+        start = time.perf_counter()
+        out = list(pool.map(step_row, ended, actions, final))
+        spent[0] += time.perf_counter() - start
+        return out
+
+    stops = [tokenizer.encode(s) for s in env.stop_strings]
+    try:
+        out = sample_multiturn(
+            params,
+            model_cfg,
+            jax.numpy.asarray(prompts["prompt"]),
+            jax.numpy.asarray(prompts["prompt_mask"]),
+            key,
+            on_turns,
+            max_tokens=max_tokens,
+            max_turn_tokens=max_turn_tokens or None,
+            max_observation_tokens=max_observation_tokens,
+            stop_sequences=stops,
+            num_samples=g,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            eos_ids=tuple(tokenizer.eos_ids),
+            pad_id=tokenizer.pad_id,
+        )
+        # Rows the budget ended before the environment did: one last, empty turn.
+        for i in [i for i, t in enumerate(terms) if t is None]:
+            step_row(i, np.zeros(0, np.int32), True)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    names = sorted({k for t in terms for k in t})
+    per_row = {k: np.asarray([t.get(k, 0.0) for t in terms], np.float32) for k in names}
+    return Episodes(out, per_row, spent[0])
+
+
+def collect(
+    episode_args: dict,
+    env: Any,
+    params: Any,
+    prompts: dict[str, np.ndarray],
+    key: jax.Array,
+    *,
+    mesh: Mesh,
+    tokenizer: Any,
+    num_generations: int,
+) -> Rollout:
+    """`rollout.collect` for multi-turn episodes (single-process meshes)."""
+    if jax.process_count() > 1:
+        raise ValueError(
+            "multi-turn rollouts run on one process for now; set the env name to '' or "
+            "launch a single process."
+        )
+    ep = run_episodes(
+        env, tokenizer, params, episode_args["model_cfg"], prompts, key,
+        num_generations=num_generations, **episode_args["sampling"],
+    )  # fmt: skip
+    out = ep.out
+    rows = parallel.batch_sharding(mesh)
+    put = lambda x: jax.device_put(np.asarray(x), rows)
+    answers = np.repeat(np.asarray(prompts["answer"], dtype=object), num_generations)
+    metrics = {
+        **{k: ep.terms[k] for k in ep.terms},
+        "tool/observation_tokens": out.observation_tokens.astype(np.float32),
+        "tool/truncated": out.truncated.astype(np.float32),
+    }
+    return Rollout(
+        prompt=put(out.prompt),
+        prompt_mask=put(out.prompt_mask),
+        response=put(out.tokens),
+        mask=put(out.mask),
+        lp_sample=put(out.logprobs),
+        host_response=out.tokens,
+        host_mask=out.mask,
+        texts=tokenizer.decode_batch(out.tokens, out.mask),
+        answers=list(answers),
+        attention_mask=put(out.attention_mask),
+        episode={**metrics, "time_tools": np.float32(ep.tool_seconds)},
+    )
+
+
+def make_eval(config, env_cfg, mesh, model_cfg, tokenizer, source, answer: str):
+    """(params, ref_params) -> held-out greedy episode figures: accuracy, calls per
+    episode, call error rate, response and observation tokens, turns."""
+    ev, data = config.eval, config.data
+    verifiable.check_answer_format(answer)
+    if not 0 < ev.num_examples <= len(source):
+        raise ValueError(
+            f"eval.num_examples={ev.num_examples} must be in [1, {len(source)}] (the held-out "
+            "split's size)."
+        )
+    batch_size = min(ev.batch_size, ev.num_examples)
+    stream = prompt_batches(
+        source, tokenizer, batch_size=batch_size, max_prompt_len=data.max_prompt_len, seed=ev.seed
+    )
+    batches = list(itertools.islice(stream, -(-ev.num_examples // batch_size)))
+    env = make_env(env_cfg)
+    sampling = dict(
+        max_tokens=ev.max_new_tokens,
+        max_turn_tokens=env_cfg.max_turn_tokens,
+        max_observation_tokens=env_cfg.max_observation_tokens,
+        temperature=0.0,
+    )
+    key = jax.random.key(0)  # unused by greedy decoding
+
+    def evaluate(params, ref_params=None) -> dict[str, float]:
+        sums, seen, shown = {}, 0, None
+        for batch in batches:
+            take = min(batch_size, ev.num_examples - seen)
+            ep = run_episodes(
+                env, tokenizer, params, model_cfg, batch, key, num_generations=1, **sampling
+            )
+            texts = tokenizer.decode_batch(ep.out.tokens, ep.out.mask)
+            correct = verifiable.exact_match(texts[:take], list(batch["answer"][:take]), answer)
+            rows = {
+                "accuracy": correct,
+                "response_len": ep.out.mask.sum(1),
+                "observation_tokens": ep.out.observation_tokens,
+                "calls": ep.terms.get("tool/calls", np.zeros(take)),
+                "call_errors": ep.terms.get("tool/call_errors", np.zeros(take)),
+                "turns": ep.out.turns,
+            }
+            for k, v in rows.items():
+                sums[k] = sums.get(k, 0.0) + float(np.sum(np.asarray(v)[:take]))
+            seen += take
+            if shown is None:
+                full = tokenizer.decode_batch(ep.out.tokens, ep.out.attention_mask)
+                shown = list(zip(full, batch["answer"], strict=False))[:2]
+        for text, reference in shown:
+            logging.info("eval episode: %r (answer %r)", text, reference)
+        out = {k: v / seen for k, v in sums.items()}
+        out["call_error_rate"] = sums["call_errors"] / max(sums["calls"], 1.0)
+        out["num_examples"] = float(seen)
+        return out
+
+    return evaluate
