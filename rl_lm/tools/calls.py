@@ -58,6 +58,9 @@ class ToolResult(NamedTuple):
     seconds: float
 
 
+_CRASH = "call could not be parsed"  # the parser itself gave up, as opposed to a syntax error
+
+
 def _first_clause(e: object) -> str:
     """A message up to its first ';' (drops hints such as "use sys.set_int_max_str_digits()")."""
     return str(e).split(";")[0]
@@ -70,9 +73,9 @@ def _loads(text: str) -> tuple[Any, str | None]:
     except json.JSONDecodeError as e:
         return None, f"invalid JSON: {e.msg} at position {e.pos}"
     except (RecursionError, MemoryError):
-        return None, "invalid JSON: nested too deeply"
+        return None, f"{_CRASH}: JSON nested too deeply"
     except ValueError as e:  # e.g. an integer of more than sys.get_int_max_str_digits() digits
-        return None, f"invalid JSON: {_first_clause(e)}"
+        return None, f"{_CRASH}: {_first_clause(e)}"
 
 
 def _parse_hermes(body: str) -> ToolCall:
@@ -96,7 +99,7 @@ def _parse_compact(body: str) -> ToolCall:
     except (SyntaxError, ValueError) as e:  # ValueError: null bytes, on some Pythons
         return ToolCall(None, {}, body, f"not a call: {_first_clause(getattr(e, 'msg', e))}")
     except (RecursionError, MemoryError):  # the parser's stack, not the heap, ran out
-        return ToolCall(None, {}, body, "not a call: nested too deeply")
+        return ToolCall(None, {}, body, f"{_CRASH}: nested too deeply")
     if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
         return ToolCall(None, {}, body, "expected name(arg=value, ...)")
     name = node.func.id
@@ -113,9 +116,9 @@ def _parse_compact(body: str) -> ToolCall:
         except (ValueError, SyntaxError):
             return ToolCall(name, {}, body, f"argument {kw.arg} is not a literal")
         except TypeError as e:  # {[]: 1}: an unhashable key or set member
-            return ToolCall(name, {}, body, f"argument {kw.arg} is not a valid literal: {e}")
+            return ToolCall(name, {}, body, f"{_CRASH}: argument {kw.arg}: {e}")
         except (RecursionError, MemoryError):
-            return ToolCall(name, {}, body, f"argument {kw.arg} is nested too deeply")
+            return ToolCall(name, {}, body, f"{_CRASH}: argument {kw.arg} is nested too deeply")
     return ToolCall(name, args, body)
 
 
@@ -123,7 +126,7 @@ def _parse_one(parse: Callable[[str], ToolCall], body: str) -> ToolCall:
     try:
         return parse(body)
     except Exception as e:  # a last guard: model text must never crash the run
-        return ToolCall(None, {}, body, f"call could not be parsed ({type(e).__name__})")
+        return ToolCall(None, {}, body, f"{_CRASH}: {type(e).__name__}")
 
 
 def parse_calls(text: str, fmt: str = HERMES) -> list[ToolCall]:
