@@ -190,17 +190,19 @@ def test_forked_processes_are_killed():
     assert not any(map(_alive, pids))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="as root RLIMIT_NPROC does not hold a fork bomb")
+@pytest.mark.skipif(
+    os.geteuid() == 0 and make_python_tool()("import os\nprint(os.getuid())") == "0",
+    reason="the sandbox runs as root here, and as root RLIMIT_NPROC does not hold a fork bomb",
+)
 def test_fork_bomb_is_an_error_observation():
     code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
     assert _python(code).splitlines()[-1].startswith("error")
 
 
-@pytest.mark.xfail(strict=True, reason="the sandbox shares the filesystem (see sandbox.py)")
 def test_write_outside_the_sandbox_is_refused(tmp_path):
     target = tmp_path / "escaped.txt"
     output = _python(f"open({str(target)!r}, 'w').write('x')")
-    assert not target.exists() and output.startswith("error")
+    assert not target.exists() and output.splitlines()[-1].startswith("error")
 
 
 def test_huge_output_is_truncated():

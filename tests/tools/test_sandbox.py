@@ -1,8 +1,14 @@
+import json
 import os
+import shutil
+import socket
+import tempfile
 import time
 
+import pytest
+
 from rl_lm.tools.calls import format_call, parse_calls, run_calls
-from rl_lm.tools.sandbox import Limits, make_python_tool, run_python
+from rl_lm.tools.sandbox import Limits, _read_status, format_result, make_python_tool, run_python
 
 QUICK = Limits(seconds=1.5, cpu_seconds=2, memory_bytes=256 * 2**20, output_bytes=1000)
 
@@ -102,3 +108,129 @@ def test_hostile_calls_end_as_observations():
     assert results[0].output.endswith("error: timed out after 1 s")
     assert "bytes cut" in results[1].output
     assert "MemoryError" in results[2].output and "exit status 1" in results[2].output
+
+
+# Isolation (see the sandbox's docstring); each test skips where its layer is unavailable here.
+
+_PROBE: list[tuple[str, ...]] = []
+
+
+def _require(layer: str) -> None:
+    if not _PROBE:
+        _PROBE.append(run_python("pass", QUICK).missing)
+    for reason in _PROBE[0]:
+        if reason.startswith(layer):
+            pytest.skip(f"not isolated on this machine: {reason}")
+
+
+_ESCAPES = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for flags in (32 | 4096, 32):  # MS_REMOUNT | MS_BIND, MS_REMOUNT: try to make / writable again
+    print("remount", libc.mount(None, b"/", None, ctypes.c_ulong(flags), None))
+try:
+    with open(sys.argv[1], "w") as f:
+        f.write("escaped")
+except OSError as e:
+    print("refused", e.strerror)
+"""
+
+
+@pytest.fixture
+def world_writable_dir():
+    """A directory outside the sandbox that any user may write, so only the mounts stop it."""
+    path = tempfile.mkdtemp(prefix="rl_lm_test_outside_")
+    os.chmod(path, 0o1777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("where", ["tmp_path", "world_writable"])
+def test_write_outside_the_temporary_directory_fails(where, tmp_path, world_writable_dir):
+    _require("filesystem")
+    target = os.path.join(str(tmp_path) if where == "tmp_path" else world_writable_dir, "x.txt")
+    code = f"import sys\nsys.argv[1:] = [{target!r}]\n" + _ESCAPES
+    result = run_python(code, QUICK)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("remount -1") == 2
+    assert "refused" in result.stdout and not os.path.exists(target)
+    if where == "world_writable":
+        assert "refused Read-only file system" in result.stdout
+
+
+def test_the_temporary_directory_and_devices_stay_writable():
+    code = (
+        "import os, tempfile\n"
+        "fd, path = tempfile.mkstemp()\n"
+        "os.write(fd, b'ok'); os.close(fd)\n"
+        "open(os.path.join(os.environ['HOME'], 'h.txt'), 'w').write('ok')\n"
+        "open('/dev/null', 'w').write('gone')\n"
+        "os.path.isdir('/dev/shm') and open('/dev/shm/s', 'w').write('ok')\n"
+        "print(open(path).read(), path.startswith(os.getcwd()), os.path.exists('h.txt'))\n"
+    )
+    result = run_python(code, QUICK)
+    assert (result.stdout, result.stderr, result.returncode) == ("ok True True\n", "", 0)
+
+
+def test_no_network_even_past_the_socket_patch():
+    _require("network")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.2)
+    port = server.getsockname()[1]
+    code = (  # a fresh interpreter has the real socket module
+        "import subprocess, sys\n"
+        f"c = 'import socket; socket.create_connection((\"127.0.0.1\", {port}), timeout=2)'\n"
+        "p = subprocess.run([sys.executable, '-c', c], capture_output=True, text=True)\n"
+        "print(p.returncode, p.stderr.strip().splitlines()[-1])\n"
+    )
+    try:
+        result = run_python(code, QUICK._replace(seconds=5.0))
+        with pytest.raises(TimeoutError):
+            server.accept()
+    finally:
+        server.close()
+    assert result.stdout.startswith("1 OSError: [Errno 101] Network is unreachable"), result
+
+
+def _group(pgid: int) -> list[int]:
+    """The live processes in process group `pgid`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(pid))
+    return found
+
+
+def test_fork_bomb_ends_as_an_error_with_nothing_left():
+    _require("processes")
+    code = "import os\nprint(os.getpid(), flush=True)\nwhile True:\n    os.fork()\n"
+    limits = Limits(seconds=2.0, cpu_seconds=2, processes=16, output_bytes=1000)
+    result = run_python(code, limits)
+    assert result.timed_out or result.returncode != 0
+    assert format_result(result, limits.seconds).splitlines()[-1].startswith("error: ")
+    pgid = int(result.stdout.split()[0])
+    deadline = time.monotonic() + 3.0
+    while _group(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _group(pgid) == []
+
+
+def test_missing_layers_are_warned_once(caplog):
+    for _ in range(2):
+        r, w = os.pipe()
+        os.write(w, json.dumps(["network: only socket.socket is blocked (test)"]).encode())
+        os.close(w)
+        assert _read_status(r) == ("network: only socket.socket is blocked (test)",)
+    assert [m for m in caplog.messages if "(test)" in m] == [
+        "sandbox isolation incomplete: network: only socket.socket is blocked (test)"
+    ]
+    r, w = os.pipe()
+    os.close(w)
+    assert _read_status(r) == ()
