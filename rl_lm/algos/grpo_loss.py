@@ -58,6 +58,8 @@ def default_config() -> ml_collections.ConfigDict:
             # Multi-turn episodes with tools (rl_lm.algos.episodes); name "" = single-turn.
             # max_new_tokens is then an episode's whole response budget.
             "env": episodes.default_config(),
+            # OTC's alpha: weight of the tool-efficiency reward of episodes; 0 = off.
+            "tool_efficiency": 0.0,
         }
     )
 

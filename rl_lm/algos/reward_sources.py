@@ -14,6 +14,11 @@ GradientTransformation: `init() -> state` and
 - `overlong`: DAPO's soft overlong punishment (`grpo_loss.overlong_penalty`).
 - `true_reward`: a task's hidden true reward (`rl_lm.tasks.Task.true_reward`);
   logs reward_true, and by default only that (weight 0).
+- `tool_efficiency`: OTC-GRPO's efficiency term r_tool * correctness of
+  multi-turn episodes (`rl_lm.rewards.tool_rewards.otc_grpo_rewards`), zero for
+  a wrong answer, so with the verifiable reward beside it a correct episode
+  scores in [1, 1 + weight] and never less than a wrong one; its weight is
+  `grpo.tool_efficiency` (OTC's alpha); logs reward_tool_efficiency.
 
 `from_config` builds the weighted list a config asks for, in NAMES order, and
 `score` sums it in that order, so GRPO and PPO call the same two functions. A config names its
@@ -40,10 +45,11 @@ from rl_lm.algos import grpo_loss, rm_rewards
 from rl_lm.algos.rollout import Rollout
 from rl_lm.models.config import ModelConfig
 from rl_lm.models.transformer import Params
-from rl_lm.rewards import user
+from rl_lm.rewards import tool_rewards, user
+from rl_lm.rewards import verifiable as checks
 
 # The sources a config may name, in the order the existing fields sum them.
-NAMES = ("overlong", "verifiable", "reward_model", "true_reward")
+NAMES = ("overlong", "verifiable", "reward_model", "true_reward", "tool_efficiency")
 
 
 class RewardSource(NamedTuple):
@@ -123,6 +129,26 @@ def true_reward(reward_fn: tasks.RewardFn) -> RewardSource:
     return stateless(score)
 
 
+def tool_efficiency(group_size: int, answer_format: str) -> RewardSource:
+    """OTC's efficiency term of each episode against its group's fewest correct calls."""
+
+    def score(r, prompts_N):
+        if r.episode is None or "tool/calls" not in r.episode:
+            raise ValueError("the tool_efficiency reward needs multi-turn episodes (grpo.env).")
+        calls_N = np.asarray(r.episode["tool/calls"]).astype(int)
+        correct_N = checks.exact_match(r.texts, r.answers, answer_format).astype(bool)
+        eff_N = np.zeros(len(calls_N), np.float32)
+        for lo in range(0, len(calls_N), group_size):
+            group = slice(lo, lo + group_size)
+            terms = tool_rewards.otc_grpo_rewards(
+                calls_N[group].tolist(), correct_N[group].tolist()
+            )
+            eff_N[group] = [t.efficiency for t in terms]
+        return eff_N, {"reward_tool_efficiency": float(eff_N.mean())}
+
+    return stateless(score)
+
+
 def prompt_texts(tokenizer: Any, prompts: dict[str, np.ndarray], group_size: int) -> list[str]:
     """The N = B * G prompt texts of a global prompt batch, each prompt G times (prompt-major)."""
     texts = tokenizer.decode_batch(prompts["prompt"], prompts["prompt_mask"], stop_at_eos=False)
@@ -147,6 +173,8 @@ def weights(config: Any, algo: str) -> dict[str, float]:
         out["verifiable"] = 1.0
     if source != "verifiable":
         out["reward_model"] = 1.0
+    if cfg.get("tool_efficiency", 0.0):
+        out["tool_efficiency"] = float(cfg.tool_efficiency)
     return out
 
 
@@ -207,6 +235,14 @@ def _build(name, weight, config, algo, mesh, init_from, task) -> Weighted:
         load = lambda: rm_rewards.load_reward_model(config, mesh, init_from)
         source = reward_model(rm_rewards.make_scorer(rm_cfg, mesh), load)
         return Weighted(name, weight, source, "rm_params")
+    if name == "tool_efficiency":
+        env = cfg.get("env")
+        if env is None or not env.get("name"):
+            raise ValueError(
+                f"the tool_efficiency reward needs multi-turn episodes: set {algo}.env.name."
+            )
+        answer = config.eval.get("answer", task.answer)
+        return Weighted(name, weight, tool_efficiency(cfg.num_generations, answer))
     if task.true_reward is None:
         raise ValueError(
             f"{algo}.reward_sources names 'true_reward', but task {task.name!r} has none."

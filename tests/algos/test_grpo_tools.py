@@ -150,3 +150,21 @@ def test_episodes_feed_the_calculator_result_back():
     _, state = env.reset({"prompt": "12*34="})
     step = env.step(state, "<call>calculator(expression='12*34')</call>")
     assert step.observation == "<result>408</result>" and not step.done
+
+
+def test_tool_efficiency_source_is_otc_hand_values():
+    """One group of four: calls 1, 2, 1, 3; the third answer wrong, so n = 1, and
+    r_tool = sin(f(m, 1) * pi / 2) with f(m, n) = 2nm / (m + n)."""
+    from rl_lm.algos import reward_sources
+    from rl_lm.algos.rollout import Rollout
+
+    texts = ["#### 408", "#### 408", "#### 407", "#### 408"]
+    r = Rollout(*[None] * 7, texts=texts, answers=["408"] * 4,
+                episode={"tool/calls": np.asarray([1, 2, 1, 3], np.float32)})  # fmt: skip
+    source = reward_sources.tool_efficiency(4, "marked")
+    _, eff, metrics = source.score((), r, [""] * 4)
+    expected = [1.0, np.sin(np.pi * 2 / 3), 0.0, np.sin(np.pi * 3 / 4)]
+    np.testing.assert_allclose(eff, expected, rtol=1e-6)
+    assert metrics["reward_tool_efficiency"] == pytest.approx(np.mean(expected))
+    with pytest.raises(ValueError, match="multi-turn"):
+        source.score((), r._replace(episode=None), [""] * 4)
