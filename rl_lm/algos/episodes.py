@@ -9,9 +9,12 @@ as they are (`rl_lm.sampling.multiturn`).
 
 The prompt ids are those of the data pipeline (`prompt_batches`, with the chat
 template where the tokenizer has one); the environment's reset text is not
-re-encoded. The rollout's `texts` are what the model wrote (its sampled tokens
-only), so an answer check never credits a tool's output; the environment's
-reward terms and tool metrics come per row in `Rollout.episode`.
+re-encoded. With Hermes calls and a tokenizer that has a chat template, an
+observation is the template's own tool turn (`data.chat.tool_turn`: the end of
+the assistant turn, the tool messages, the next assistant header). The
+rollout's `texts` are what the model wrote (its sampled tokens only), so an
+answer check never credits a tool's output; the environment's reward terms and
+tool metrics come per row in `Rollout.episode`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from jax.sharding import Mesh
 
 from rl_lm import parallel
 from rl_lm.algos.rollout import Rollout
-from rl_lm.data import prompt_batches
+from rl_lm.data import chat, prompt_batches
 from rl_lm.envs.tool_env import ToolEnv
 from rl_lm.rewards import verifiable
 from rl_lm.sampling.multiturn import MultiTurnOutput, sample_multiturn
@@ -137,6 +140,8 @@ def run_episodes(
     states = [env.reset(rows[i // g])[1] for i in range(b * g)]
     terms: list[dict | None] = [None] * (b * g)
     spent = [0.0]
+    # Hermes calls from a chat checkpoint: observations are its template's tool turns.
+    chat_turns = getattr(env, "fmt", None) == HERMES and getattr(tokenizer, "chat_template", None)
 
     def step_row(i: int, ids: np.ndarray, final: bool):
         result = env.step(states[i], tokenizer.decode(ids))
@@ -144,7 +149,10 @@ def run_episodes(
         if result.done or final:
             terms[i] = dict(result.reward_terms)
             return None
-        return np.asarray(tokenizer.encode(result.observation or ""), np.int32)
+        text = result.observation or ""
+        if chat_turns:
+            text = chat.tool_turn(tokenizer, result.env_state.get("outputs", [text]))
+        return np.asarray(tokenizer.encode(text), np.int32)
 
     pool = ThreadPoolExecutor(max_workers=workers)
 

@@ -188,3 +188,33 @@ def chat_tokens(tokenizer: Any, messages: Sequence[Message]) -> tuple[list[int],
     ids, offsets = tokenizer.encode_offsets(before)
     mask = [int(any(a <= start < b for a, b in spans)) for start, _ in offsets]
     return ids, mask
+
+
+_SENTINEL = "\x00rl_lm-turn-end\x00"
+
+
+def tool_turn(tokenizer: Any, outputs: Sequence[str]) -> str:
+    """The text that follows an assistant turn cut at its tool call, up to the next
+    assistant turn's header: the turn's end-of-turn text, one tool message per
+    output as the template renders it, and the generation prompt.
+
+    Rendered from the tokenizer's own template (a conversation whose assistant
+    turn is a sentinel, with and without the tool messages), so the multi-turn
+    sampler appends what the checkpoint saw in training after a call.
+
+    Raises:
+        ValueError: no chat template, or one that does not render the assistant
+            content verbatim (the sentinel is not found).
+    """
+    template = require_template(tokenizer)
+    specials = getattr(tokenizer, "special_tokens", {})
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": _SENTINEL}]
+    tools = [{"role": "tool", "content": str(o)} for o in outputs]
+    text = render(template, messages + tools, True, specials)
+    at = text.find(_SENTINEL)
+    if at < 0:
+        raise ValueError(
+            "the chat template does not write an assistant turn's content verbatim, so its "
+            "tool turn cannot be rendered; use the compact call format with plain prompts."
+        )
+    return text[at + len(_SENTINEL) :]

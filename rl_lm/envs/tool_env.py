@@ -69,7 +69,8 @@ class ToolEnv:
     ToolCalls answered so far), errors (answered calls whose output starts
     "error"; the sandbox's "error: ..." last line does not count), tool_seconds,
     obs_chars (observation characters appended), transcript (every action
-    text and observation, in order, without the prompt).
+    text and observation, in order, without the prompt), and after a turn with
+    calls, outputs (that turn's raw outputs, for a chat template's tool turns).
 
     Reward terms, on the final step only: `score(row, state)` of the final
     state if given, plus "tool/turns", "tool/calls", "tool/call_errors",
@@ -155,6 +156,7 @@ class ToolEnv:
             state["tool_seconds"] = env_state["tool_seconds"] + sum(r.seconds for r in results)
             state["obs_chars"] = env_state["obs_chars"] + len(observation)
             state["transcript"] += observation
+            state["outputs"] = [r.output for r in results]  # this turn's, for chat templates
             return StepResult(observation, False, {}, state)
         terms = dict(self.score(state["row"], state)) if self.score else {}
         terms.update(

@@ -168,3 +168,59 @@ def test_tool_efficiency_source_is_otc_hand_values():
     assert metrics["reward_tool_efficiency"] == pytest.approx(np.mean(expected))
     with pytest.raises(ValueError, match="multi-turn"):
         source.score((), r._replace(episode=None), [""] * 4)
+
+
+def test_chat_checkpoint_observations_are_the_templates_tool_turn(tmp_path, monkeypatch):
+    """Hermes calls from a chat tokenizer: the ids appended after a call are the template's
+    own tool turn (end of the assistant turn, the tool message, the next header)."""
+    pytest.importorskip("transformers")
+    from rl_lm.data import chat
+    from rl_lm.models.tokenizer import load_tokenizer
+    from tests import chat_fixtures
+
+    tok = load_tokenizer(str(chat_fixtures.save_chat_tokenizer(tmp_path / "tok", "chatml")))
+    assert chat.tool_turn(tok, ["408"]) == (
+        "<|im_end|>\n<|im_start|>tool\n408<|im_end|>\n<|im_start|>assistant\n"
+    )
+    cfg = episodes.default_config()
+    cfg.format = "hermes"
+    env = episodes.make_env(cfg)
+    call = '<tool_call>{"name": "calculator", "arguments": {"expression": "12*34"}}</tool_call>'
+    seen = {}
+
+    def scripted(params, model_cfg, prompt, mask, key, on_turns, **kw):
+        n = prompt.shape[0] * kw["num_samples"]
+        rows = np.arange(n)
+        seen["obs"] = on_turns(rows, [np.asarray(tok.encode(call))] * n, np.zeros(n, bool))
+        on_turns(rows, [np.asarray(tok.encode("#### 408"))] * n, np.ones(n, bool))
+        return None
+
+    monkeypatch.setattr(episodes, "sample_multiturn", scripted)
+    prompts = {"prompt": np.asarray([tok.encode("12*34=")]), "answer": np.asarray(["408"])}
+    prompts["prompt_mask"] = np.ones_like(prompts["prompt"])
+    ep = episodes.run_episodes(env, tok, None, None, prompts, None, num_generations=2,
+                               max_tokens=32)  # fmt: skip
+    for ids in seen["obs"]:
+        assert tok.decode(ids, skip_special=False) == chat.tool_turn(tok, ["408"])
+    np.testing.assert_array_equal(ep.terms["tool/calls"], [1.0, 1.0])
+    np.testing.assert_array_equal(ep.terms["tool/call_errors"], [0.0, 0.0])
+
+
+@pytest.mark.slow
+def test_config_runs_from_a_chat_checkpoint_with_hermes_calls(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tests import hf_fixtures
+    from tests.launch_helpers import run_launch
+
+    ckpt = hf_fixtures.make_checkpoint(tmp_path / "ckpt", "qwen2", max_position_embeddings=192)
+    done = run_launch(
+        "launch.train",
+        "--config=configs/grpo_tool_arith.py:runlocal",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.init.hf_dir={ckpt}",
+        "--config.grpo.env.format=hermes",
+        data_dir=tmp_path / "data",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Finished step 2: held-out accuracy" in done.stdout
