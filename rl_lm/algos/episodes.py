@@ -35,6 +35,7 @@ from rl_lm import parallel
 from rl_lm.algos.rollout import Rollout
 from rl_lm.data import chat, prompt_batches
 from rl_lm.envs.tool_env import ToolEnv
+from rl_lm.models.tokenizer import ByteTokenizer
 from rl_lm.rewards import verifiable
 from rl_lm.sampling.multiturn import MultiTurnOutput, sample_multiturn
 from rl_lm.tools import calculator, sandbox
@@ -143,8 +144,11 @@ def run_episodes(
     # Hermes calls from a chat checkpoint: observations are its template's tool turns.
     chat_turns = getattr(env, "fmt", None) == HERMES and getattr(tokenizer, "chat_template", None)
 
+    finish = getattr(env, "finish", None)  # ends an episode without running its calls
+
     def step_row(i: int, ids: np.ndarray, final: bool):
-        result = env.step(states[i], tokenizer.decode(ids))
+        text = tokenizer.decode(ids)
+        result = (finish or env.step)(states[i], text) if final else env.step(states[i], text)
         states[i] = result.env_state
         if result.done or final:
             terms[i] = dict(result.reward_terms)
@@ -163,6 +167,15 @@ def run_episodes(
         return out
 
     stops = [tokenizer.encode(s) for s in env.stop_strings]
+    if any(len(s) > 1 for s in stops) and not isinstance(tokenizer, ByteTokenizer):
+        logging.log_first_n(
+            logging.WARNING,
+            "stop strings %s are matched as the ids they encode to alone; a BPE tokenizer may "
+            "merge them with the text before them, and then a turn never stops at its call. "
+            "Use format='hermes' with a checkpoint whose call closer is one token.",
+            1,
+            env.stop_strings,
+        )
     try:
         out = sample_multiturn(
             params,
@@ -282,7 +295,9 @@ def make_eval(config, env_cfg, mesh, model_cfg, tokenizer, source, answer: str):
                 sums[k] = sums.get(k, 0.0) + float(np.sum(np.asarray(v)[:take]))
             seen += take
             if shown is None:
-                full = tokenizer.decode_batch(ep.out.tokens, ep.out.attention_mask)
+                full = tokenizer.decode_batch(
+                    ep.out.tokens, ep.out.attention_mask, stop_at_eos=False
+                )
                 shown = list(zip(full, batch["answer"], strict=False))[:2]
         for text, reference in shown:
             logging.info("eval episode: %r (answer %r)", text, reference)

@@ -108,6 +108,11 @@ def validate(cfg: Any) -> None:
     problems += episodes.problems(cfg.get("env"), "grpo.env")
     if episodes.enabled(cfg.get("env")) and process_rewards.enabled(cfg.get("process")):
         problems.append("grpo.process with grpo.env: process rewards of episodes are not built")
+    if episodes.enabled(cfg.get("env")) and cfg.overlong_cache:
+        problems.append(
+            "grpo.overlong_cache with grpo.env: the overlong shaping counts sampled tokens, "
+            "an episode's budget counts observations too; set grpo.overlong_cache=0"
+        )
     if problems:
         raise ValueError("Invalid GRPO config: " + "; ".join(problems) + ".")
 

@@ -158,14 +158,30 @@ class ToolEnv:
             state["transcript"] += observation
             state["outputs"] = [r.output for r in results]  # this turn's, for chat templates
             return StepResult(observation, False, {}, state)
+        return StepResult(None, True, self._terms(state, len(calls)), state)
+
+    def finish(self, env_state: dict, action_text: str) -> StepResult:
+        """Ends the episode without running anything (the sampler's budget ran out):
+        the last turn's calls, if any, count as unanswered; an empty turn is not a turn."""
+        calls = _parse(action_text, self.fmt) if action_text else []
+        state = {
+            **env_state,
+            "turns": env_state["turns"] + (1 if action_text else 0),
+            "calls": list(env_state["calls"]),
+            "transcript": env_state["transcript"] + action_text,
+        }
+        return StepResult(None, True, self._terms(state, len(calls)), state)
+
+    def _terms(self, state: dict, unanswered: int) -> dict:
         terms = dict(self.score(state["row"], state)) if self.score else {}
+        turns = state["turns"]
         terms.update(
             {
                 "tool/turns": float(turns),
                 "tool/calls": float(len(state["calls"])),
                 "tool/call_errors": float(state["errors"]),
                 "tool/tool_seconds": float(state["tool_seconds"]),
-                "tool/unanswered": float(len(calls)),
+                "tool/unanswered": float(unanswered),
             }
         )
-        return StepResult(None, True, terms, state)
+        return terms

@@ -42,7 +42,13 @@ import numpy as np
 from rl_lm.models.config import ModelConfig
 from rl_lm.models.transformer import Params
 from rl_lm.sampling.decode import DecodeCache, decode_step, prefill, unstack_layers
-from rl_lm.sampling.sampler import _prompt_keys, _uniforms, filter_logits, inverse_cdf_sample
+from rl_lm.sampling.sampler import (
+    _check_inputs,
+    _prompt_keys,
+    _uniforms,
+    filter_logits,
+    inverse_cdf_sample,
+)
 
 # on_turns(rows [M], actions: M id arrays, final [M] bool) -> M observations (ids or None).
 OnTurns = Callable[[np.ndarray, list[np.ndarray], np.ndarray], list]
@@ -256,6 +262,12 @@ def sample_multiturn(
         )
     if any(len(s) == 0 for s in stop_sequences):
         raise ValueError("every stop sequence needs at least one id.")
+    if max_turn_tokens is not None and max_turn_tokens < 1:
+        raise ValueError(f"max_turn_tokens={max_turn_tokens} must be >= 1 (or None: R).")
+    _check_inputs(
+        cfg, prompt_BxP, prompt_mask_BxP, r, g, temperature, top_k, top_p,
+        tuple(eos_ids), pad_id, params, None, 0.0,
+    )  # fmt: skip
     stops = tuple(tuple(int(i) for i in s) for s in stop_sequences)
     turn_budget = r if max_turn_tokens is None else int(max_turn_tokens)
     settings = (
@@ -302,18 +314,27 @@ def sample_multiturn(
             actions = [host["tokens"][i, host["turn_start"][i] : host["count"][i]] for i in ended]
             turns[ended] += 1
             observations = on_turns(ended, actions, final)
-            carry = _resume(carry, host, ended, final, observations, f, r, obs_tokens, truncated)
+            carry = _resume(
+                carry, host, ended, final, observations, f, r, obs_tokens, truncated, cfg.vocab_size
+            )
         host_done = np.asarray(carry.done)
         if host_done.all() or int(carry.t) >= r:
             break
-    truncated |= np.asarray(carry.count) >= r
-    t = jax.device_get(carry)
+    t = jax.device_get(
+        {k: getattr(carry, k) for k in ("tokens", "logprobs", "loss", "valid", "count")}
+    )
+    tokens, count = t["tokens"][:, :r], t["count"]
+    last_N = tokens[np.arange(n), np.maximum(count - 1, 0)]
+    ended_by_eos = np.isin(last_N, np.asarray(eos_ids, np.int32)) & (
+        t["loss"][np.arange(n), np.maximum(count - 1, 0)] > 0
+    )
+    truncated |= (count >= r) & ~ended_by_eos
     return MultiTurnOutput(
-        tokens=t.tokens[:, :r],
-        logprobs=t.logprobs[:, :r],
-        mask=t.loss[:, :r],
-        attention_mask=t.valid[:, :r],
-        lengths=t.count,
+        tokens=tokens,
+        logprobs=t["logprobs"][:, :r],
+        mask=t["loss"][:, :r],
+        attention_mask=t["valid"][:, :r],
+        lengths=count,
         prompt=np.repeat(np.asarray(prompt_BxP), g, axis=0),
         prompt_mask=np.repeat(np.asarray(prompt_mask_BxP, np.int32), g, axis=0),
         turns=turns,
@@ -330,7 +351,7 @@ def _head_tail(ids: np.ndarray, limit: int) -> np.ndarray:
     return np.concatenate([ids[:head], ids[len(ids) - (limit - head) :]])
 
 
-def _resume(carry, host, ended, final, observations, f, r, obs_tokens, truncated) -> _Carry:
+def _resume(carry, host, ended, final, observations, f, r, obs_tokens, truncated, vocab):
     """The carry after the host answered the ended turns (host-side bookkeeping)."""
     if len(observations) != len(ended):
         raise ValueError(
@@ -348,6 +369,11 @@ def _resume(carry, host, ended, final, observations, f, r, obs_tokens, truncated
             done[i] = True
             continue
         ids = _head_tail(np.asarray(obs, np.int32).reshape(-1), f)
+        if len(ids) and not (0 <= ids.min() and ids.max() < vocab):
+            raise ValueError(
+                f"observation ids of row {i} lie outside [0, vocab_size={vocab}); encode "
+                "observations with the model's own tokenizer."
+            )
         if host["count"][i] + len(ids) + 1 > r:  # no room for the observation and a reply
             done[i] = truncated[i] = True
             continue

@@ -7,6 +7,7 @@ import pytest
 
 from configs import grpo_tool_arith
 from rl_lm.algos import episodes, grpo, grpo_loss
+from rl_lm.envs.base import StepResult
 from rl_lm.models import transformer as tf
 from rl_lm.models.config import get_model_config
 from rl_lm.models.tokenizer import ByteTokenizer
@@ -70,13 +71,14 @@ def test_two_turn_episode_loss_is_the_hand_computation(params):
         params, CFG, batch["prompt"], batch["prompt_mask"], batch["response"], batch["mask"],
         attention_mask_NxR=batch["attention_mask"],
     )  # fmt: skip
-    lp_ref = lp - 0.3 * batch["mask"]
-    batch["lp_ref"] = lp_ref
-    # On-policy (ratio 1): per token -A + beta * k3, k3 = exp(d) - d - 1 with d = lp_ref - lp;
+    batch["lp_ref"] = lp - 0.3 * batch["mask"]
+    batch["lp_old"] = lp - 0.1 * batch["mask"]
+    # Ratio r = exp(lp - lp_old) = exp(0.1), inside the clip range, so per token
+    # -A * r + beta * k3 with k3 = exp(d) - d - 1, d = lp_ref - lp = -0.3;
     # seq-mean-token-mean: the mean over a row's sampled tokens, then over rows.
     m = np.asarray(batch["mask"], np.float64)
     d = -0.3
-    per_token = -np.asarray(batch["adv"])[:, None] + BETA * (np.exp(d) - d - 1)
+    per_token = -np.asarray(batch["adv"])[:, None] * np.exp(0.1) + BETA * (np.exp(d) - d - 1)
     expected = np.mean((per_token * m).sum(1) / m.sum(1))
     np.testing.assert_allclose(float(_loss(params, batch)), expected, rtol=1e-5)
     # The observation's ids are attended: without the attention mask the answer's
@@ -124,24 +126,43 @@ def test_env_config_is_validated():
         grpo_loss.validate(cfg)
 
 
-@pytest.mark.slow
-def test_trainer_runs_episodes_with_the_calculator(tmp_path):
-    """Two GRPO steps of the runlocal config from a random policy, with calls forced into
-    the episodes by the environment's own demonstrations: the tool metrics are there."""
+class ScriptedEnv:
+    """Answers every row's first turn with a fixed observation, whatever it says; the
+    second turn ends the episode."""
+
+    stop_strings = ("</call>",)
+
+    def reset(self, row):
+        return row["prompt"], {"turns": 0}
+
+    def step(self, state, text):
+        turns = state["turns"] + 1
+        if turns == 1:
+            return StepResult("<result>4242</result>", False, {}, {"turns": turns})
+        return StepResult(None, True, {"tool/calls": 1.0}, {"turns": turns})
+
+
+def test_trainer_gives_every_log_prob_the_attention_mask(tmp_path, monkeypatch):
+    """One GRPO step on scripted episodes (every row gets an observation) with a vanishing
+    learning rate: the policy, old and reference log-probs are one function of one sequence
+    only if each sees the observations, so the ratio is 1 and the KL 0 to float precision."""
     from rl_lm import parallel
 
+    monkeypatch.setattr(episodes, "make_env", lambda cfg: ScriptedEnv())
     config = grpo_tool_arith.get_config("runlocal")
     config.unlock()
     config.data.data_dir = str(tmp_path / "data")
-    config.grpo.max_new_tokens = 48
+    config.grpo.update(max_new_tokens=32, num_minibatches=2, beta=0.04, kl_placement="loss")
+    config.grpo.env.max_turn_tokens = 6
+    config.optim.lr = 1e-12
     mesh = parallel.make_mesh(config.mesh)
     trainer = grpo.make_trainer(config, mesh)
     state = trainer.init_state(jax.random.PRNGKey(0))
     state, metrics = trainer.step(state, next(trainer.batches(0)))
-    for key in ("tool/calls", "tool/turns", "tool/observation_tokens", "time_tools"):
-        assert key in metrics, key
-    assert np.isfinite(metrics["loss"])
-    assert metrics["tool/turns"] >= 1
+    assert metrics["tool/observation_tokens"] == len(TOK.encode("<result>4242</result>"))
+    assert metrics["tool/calls"] == 1.0 and "time_tools" in metrics
+    assert abs(metrics["ratio"] - 1.0) < 1e-6, metrics["ratio"]
+    assert metrics["kl"] < 1e-10, metrics["kl"]
 
 
 def test_episodes_feed_the_calculator_result_back():

@@ -245,3 +245,25 @@ def test_arguments_are_validated(kwargs, message):
     kwargs = {"tools": {"calculator": calculator}, **kwargs}
     with pytest.raises(ValueError, match=re.escape(message)):
         ToolEnv(**kwargs)
+
+
+def test_finish_runs_no_call_and_counts_it_unanswered():
+    """The sampler's budget ended the episode on a turn with a call: nothing runs."""
+    ran = []
+
+    def calculator(expression: str) -> str:
+        """Evaluates an expression.
+
+        Args:
+            expression: the expression.
+        """
+        ran.append(expression)
+        return "1"
+
+    env = ToolEnv({"calculator": calculator})
+    _, state = env.reset({"prompt": "p"})
+    end = env.finish(state, "<call>calculator(expression='1+1')</call>")
+    assert end.done and end.observation is None and ran == []
+    assert end.reward_terms["tool/unanswered"] == 1.0 and end.reward_terms["tool/calls"] == 0.0
+    assert end.reward_terms["tool/turns"] == 1.0
+    assert env.finish(state, "").reward_terms["tool/turns"] == 0.0

@@ -28,11 +28,12 @@ def toy_env(max_turns=3, obs_len=lambda action: 1 + int(action[0]) % 4):
         out = []
         for i, a, f in zip(rows, actions, final, strict=True):
             seen[int(i)] = seen.get(int(i), 0) + 1
-            log.append((int(i), np.asarray(a).copy(), bool(f)))
-            if seen[int(i)] >= max_turns or int(a[0]) % 5 == 0:
-                out.append(None)
+            if f or seen[int(i)] >= max_turns or int(a[0]) % 5 == 0:
+                obs = None
             else:
-                out.append((np.asarray(a[::-1][: obs_len(a)]) + 7) % 250)
+                obs = (np.asarray(a[::-1][: obs_len(a)]) + 7) % 250
+            log.append((int(i), np.asarray(a).copy(), bool(f), obs))
+            out.append(obs)
         return out
 
     return on_turns, log
@@ -72,11 +73,13 @@ def test_multiturn_cache_equals_full_recomputation(keys, cfg, params, batch):
     sampled = out.mask == 1
     np.testing.assert_array_equal(out.tokens[sampled], argmax[sampled])
     np.testing.assert_allclose(out.logprobs, np.asarray(lp), atol=1e-5)
-    # The sequence is the sampled ids plus the observations given, in order.
+    # The sequence is every turn's sampled ids, each followed by its observation.
     for row in range(out.tokens.shape[0]):
-        turns = [a for i, a, _ in log if i == row]
-        ids = out.tokens[row, : out.lengths[row]]
-        assert list(ids[: len(turns[0])]) == list(turns[0])
+        expected = []
+        for _, action, _, obs in (e for e in log if e[0] == row):
+            expected += list(action) + ([] if obs is None else list(obs))
+        assert list(out.tokens[row, : out.lengths[row]]) == expected
+        assert out.turns[row] == len([e for e in log if e[0] == row])
 
 
 def test_sampled_multiturn_logprobs_match_the_trainer(keys, cfg, params, batch):
@@ -110,7 +113,7 @@ def test_stop_sequence_ends_a_turn(keys, cfg, params, batch):
     on_turns, log = toy_env(max_turns=2)
     out = run(params, cfg, batch, keys(3), on_turns, temperature=0.0, max_turn_tokens=R,
               stop_sequences=[stop])  # fmt: skip
-    first = [a for i, a, _ in log if i == 0][0]
+    first = [a for i, a, _, _ in log if i == 0][0]
     assert tuple(first[-2:]) == stop and len(first) == 4
     assert out.turns[0] == 2
 
@@ -121,7 +124,7 @@ def test_eos_ends_the_row_and_is_scored(keys, cfg, params, batch):
     eos = int(greedy.tokens[0, 1])
     on_turns, log = toy_env()
     out = run(params, cfg, batch, keys(3), on_turns, temperature=0.0, eos_ids=(eos,))
-    row0 = [(a, f) for i, a, f in log if i == 0]
+    row0 = [(a, f) for i, a, f, _ in log if i == 0]
     assert len(row0) == 1 and row0[0][1] and row0[0][0][-1] == eos
     assert out.lengths[0] == out.mask[0].sum() <= 2
 
@@ -153,3 +156,65 @@ def test_bad_callback_and_budgets_are_refused(keys, cfg, params, batch):
         run(params, cfg, batch, keys(3), lambda rows, a, f: [], temperature=0.0)
     with pytest.raises(ValueError, match="max_seq_len"):
         run(params, cfg, batch, keys(3), toy_env()[0], max_tokens=cfg.max_seq_len)
+
+
+def test_randomness_follows_each_rows_own_sampled_count(keys, cfg, params, batch):
+    """Sampled token j of a row is the inverse-CDF draw of uniform u[row, j], whatever
+    observation tokens came before it (they shift the slot, not the draw)."""
+    from rl_lm.sampling.sampler import _prompt_keys, _uniforms, inverse_cdf_sample
+
+    on_turns, _ = toy_env()
+    k = keys(3)
+    out = run(params, cfg, batch, k, on_turns, temperature=1.0)
+    z, _ = recompute(
+        params, cfg, out.prompt, out.prompt_mask, out.tokens, out.mask, out.attention_mask
+    )
+    p = batch[0].shape[1]
+    u = np.asarray(_uniforms(_prompt_keys(k, 3), 2, R))
+    assert (out.observation_tokens > 0).sum() >= 3, "rows should sample after observations"
+    for row in range(out.tokens.shape[0]):
+        cols = np.flatnonzero(out.mask[row])
+        z_row = z[row, p - 1 + cols]
+        drawn = inverse_cdf_sample(z_row, jnp.asarray(u[row, : len(cols)]))
+        np.testing.assert_array_equal(np.asarray(drawn), out.tokens[row, cols])
+
+
+def test_observation_fit_boundary_and_empty_and_eos_observations(keys, cfg, params, batch):
+    """An observation that leaves room for one sampled token fits, one more does not; an
+    empty observation continues the row; an EOS id inside an observation ends nothing."""
+
+    def answer_with(ids_for_turn):
+        calls = {}
+
+        def on_turns(rows, actions, final):
+            out = []
+            for i, f in zip(rows, final, strict=True):
+                calls[int(i)] = calls.get(int(i), 0) + 1
+                out.append(None if f else ids_for_turn(calls[int(i)]))
+            return out
+
+        return on_turns
+
+    fits = np.full(R - TURN - 1, 65, np.int32)
+    out = run(params, cfg, batch, keys(3), answer_with(lambda t: fits if t == 1 else None),
+              temperature=0.0, max_observation_tokens=R)  # fmt: skip
+    assert (out.lengths == R).all() and (out.mask[:, -1] == 1).all() and (out.turns == 2).all()
+    too_long = np.full(R - TURN, 65, np.int32)
+    out = run(params, cfg, batch, keys(3), answer_with(lambda t: too_long),
+              temperature=0.0, max_observation_tokens=R)  # fmt: skip
+    assert out.truncated.all() and (out.lengths == TURN).all()
+    empty = answer_with(lambda t: np.zeros(0, np.int32) if t < 3 else None)
+    out = run(params, cfg, batch, keys(3), empty, temperature=0.0)
+    assert (out.turns == 3).all() and (out.lengths == 3 * TURN).all()
+    assert out.observation_tokens.sum() == 0 and (out.mask[:, : 3 * TURN] == 1).all()
+    # An id the greedy rows never sample (with this very observation) stands for EOS.
+    probe = answer_with(lambda t: np.asarray([0, 66], np.int32) if t == 1 else None)
+    free = sorted(
+        set(range(1, 256))
+        - set(run(params, cfg, batch, keys(3), probe, temperature=0.0).tokens.ravel().tolist())
+    )
+    eos = free[0]
+    with_eos = answer_with(lambda t: np.asarray([eos, 66], np.int32) if t == 1 else None)
+    out = run(params, cfg, batch, keys(3), with_eos, temperature=0.0, eos_ids=(eos,))
+    assert (out.tokens[:, TURN] == eos).all() and (out.mask[:, TURN] == 0).all()
+    assert (out.lengths > TURN + 2).all(), "the row must go on sampling after the observation"
