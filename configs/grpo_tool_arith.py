@@ -43,7 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 name=f"tool_arith/{dataset}",
                 data_dir=config_dict.placeholder(str),
                 batch_size=16,  # prompts per rollout; rows = batch_size * num_generations
-                max_len=160,  # [BOS] prompt, two calls and results, the answer, [EOS]
+                # [BOS] prompt, two calls and results, the answer, [EOS]; or the answer alone.
+                max_len=160 if arg.tool else 24,
                 max_prompt_len=10,
             )
         ),
