@@ -77,3 +77,24 @@ def test_take_rows_cuts_to_n(mesh):
     first = _collect(mesh)
     merged = rollout.take_rows([first, first], [np.arange(16), np.arange(8)], 16, mesh)
     np.testing.assert_array_equal(merged.host_response, first.host_response)
+
+
+def test_take_rows_keeps_episode_masks_and_metrics(mesh):
+    """Multi-turn rollouts: the attention mask and the per-row episode metrics follow
+    the kept rows; tool time adds up."""
+    first, second = _collect(mesh), _collect(mesh, offset=100)
+    rows_sharding = parallel.batch_sharding(mesh)
+
+    def episodic(r, base):
+        attn = jax.device_put(jnp.asarray(np.asarray(r.mask) * 0 + 1), rows_sharding)
+        calls = np.arange(16, dtype=np.float32) + base
+        return r._replace(attention_mask=attn, episode={"tool/calls": calls, "time_tools": 0.5})
+
+    merged = rollout.take_rows(
+        [episodic(first, 0), episodic(second, 100)], [np.array([2, 3]), np.array([5])], 16, mesh
+    )
+    np.testing.assert_array_equal(merged.episode["tool/calls"][:3], [2, 3, 105])
+    assert not merged.episode["tool/calls"][3:].any() and merged.episode["time_tools"] == 1.0
+    attn = np.asarray(merged.attention_mask)
+    assert attn[:3].all() and not attn[3:].any()
+    assert "attention_mask" in merged.rows() and "attention_mask" not in first.rows()

@@ -1,0 +1,99 @@
+"""The tool-use study of configs/grpo_tool_arith.py: tables and one figure from its seed runs.
+
+Arms (each a directory of seed_<k> runs made by `experiments.seeds`, see
+docs/results/tool_use.md for the commands):
+
+- notool: no calculator (demonstrations answer directly), single-turn GRPO;
+- tool: the calculator, multi-turn GRPO (the ReTool contrast is tool vs notool);
+- otc_off / otc_on: demonstrations that call twice 70% of the time, GRPO without
+  and with OTC's tool-efficiency reward (`grpo.tool_efficiency=1`).
+
+    python -m experiments.tool_study --root=runs/tool_study --out=docs/results
+
+prints a Markdown table (held-out greedy accuracy and calls per episode at the
+warm start and after GRPO, mean ± Student t 95% half-width over the seeds, and
+the sampled calls per training episode over the last 20 steps) and writes
+OUT/tool_use.png (held-out accuracy and calls per episode against steps, every
+seed faintly and the mean per arm).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+from matplotlib.figure import Figure
+
+from rl_lm.analysis import seeds
+
+_ROOT = flags.DEFINE_string("root", "runs/tool_study", "Directory of the arms.")
+_OUT = flags.DEFINE_string("out", "docs/results", "Where tool_use.png goes.")
+ARMS = ("notool", "tool", "otc_off", "otc_on")
+PANELS = (("eval/accuracy", "held-out accuracy", 100.0), ("eval/calls", "calls per episode", 1.0))
+
+
+def _runs(root: Path, arm: str) -> dict:
+    dirs = sorted((root / arm).glob("seed_*"))
+    return seeds.load_runs({d.name.removeprefix("seed_"): d for d in dirs}) if dirs else {}
+
+
+def _cell(values, scale: float) -> str:
+    if not len(values):
+        return "-"
+    return seeds.format_interval(seeds.interval(list(values)), scale=scale)
+
+
+def table(root: Path) -> str:
+    rows = [
+        "| arm | seeds | accuracy start | accuracy after GRPO | calls start | calls after GRPO "
+        "| sampled calls (last 20 steps) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for arm in ARMS:
+        runs = _runs(root, arm)
+        if not runs:
+            continue
+        cells = []
+        for key, _, scale in PANELS:
+            curves = [m[key] for m in runs.values() if key in m]
+            cells.append(_cell([c.values[0] for c in curves], scale))
+            cells.append(_cell([c.values[-1] for c in curves], scale))
+        sampled = [m["tool/calls"].values[-20:].mean() for m in runs.values() if "tool/calls" in m]
+        cells.append(_cell(sampled, 1.0))
+        rows.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def figure(root: Path) -> Figure:
+    fig = Figure(figsize=(10, 3.6))
+    axes = fig.subplots(1, 2)
+    for ax, (key, label, scale) in zip(axes, PANELS, strict=True):
+        for i, arm in enumerate(ARMS):
+            curves = [m[key] for m in _runs(root, arm).values() if key in m]
+            if not curves:
+                continue
+            color = f"C{i}"
+            for c in curves:
+                ax.plot(c.steps, c.values * scale, color=color, alpha=0.25, lw=0.8)
+            steps = curves[0].steps
+            mean = np.mean([c.values[: len(steps)] * scale for c in curves], axis=0)
+            ax.plot(steps, mean, color=color, lw=2, label=f"{arm} ({len(curves)} seeds)")
+        ax.set(xlabel="GRPO step", ylabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv):
+    del argv
+    root, out = Path(_ROOT.value), Path(_OUT.value)
+    print(table(root))
+    out.mkdir(parents=True, exist_ok=True)
+    figure(root).savefig(out / "tool_use.png", dpi=110)
+    print(f"wrote {out / 'tool_use.png'}")
+
+
+if __name__ == "__main__":
+    app.run(main)
