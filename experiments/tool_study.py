@@ -13,24 +13,23 @@ docs/results/tool_use.md for the commands):
 prints a Markdown table (held-out greedy accuracy and calls per episode at the
 warm start and after GRPO, mean ± Student t 95% half-width over the seeds, and
 the sampled calls per training episode over the last 20 steps) and writes
-OUT/tool_use.png (held-out accuracy and calls per episode against steps, every
-seed faintly and the mean per arm).
+OUT/tool_use.png (held-out accuracy, held-out calls per episode and sampled
+calls per training episode against steps, every seed faintly and the mean per arm).
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
 from matplotlib.figure import Figure
 
 from rl_lm.analysis import seeds
 
-_ROOT = flags.DEFINE_string("root", "runs/tool_study", "Directory of the arms.")
-_OUT = flags.DEFINE_string("out", "docs/results", "Where tool_use.png goes.")
 ARMS = ("notool", "tool", "otc_off", "otc_on")
 PANELS = (("eval/accuracy", "held-out accuracy", 100.0), ("eval/calls", "calls per episode", 1.0))
+FIGURE = (*PANELS, ("tool/calls", "sampled calls per training episode", 1.0))
 
 
 def _runs(root: Path, arm: str) -> dict:
@@ -41,7 +40,10 @@ def _runs(root: Path, arm: str) -> dict:
 def _cell(values, scale: float) -> str:
     if not len(values):
         return "-"
-    return seeds.format_interval(seeds.interval(list(values)), scale=scale)
+    iv = seeds.interval(list(values))
+    if iv.n > 1 and iv.sd == 0:  # every seed the same: no spread to show
+        return f"{iv.mean * scale:.4g} ± 0 ({iv.n} seeds)"
+    return seeds.format_interval(iv, scale=scale)
 
 
 def table(root: Path) -> str:
@@ -66,9 +68,9 @@ def table(root: Path) -> str:
 
 
 def figure(root: Path) -> Figure:
-    fig = Figure(figsize=(10, 3.6))
-    axes = fig.subplots(1, 2)
-    for ax, (key, label, scale) in zip(axes, PANELS, strict=True):
+    fig = Figure(figsize=(14, 3.6))
+    axes = fig.subplots(1, 3)
+    for ax, (key, label, scale) in zip(axes, FIGURE, strict=True):
         for i, arm in enumerate(ARMS):
             curves = [m[key] for m in _runs(root, arm).values() if key in m]
             if not curves:
@@ -86,9 +88,14 @@ def figure(root: Path) -> Figure:
     return fig
 
 
-def main(argv):
-    del argv
-    root, out = Path(_ROOT.value), Path(_OUT.value)
+def main():
+    # argparse, not absl flags: module-level absl flags of two experiments collide
+    # when both are imported in one process (the test suite).
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", default="runs/tool_study", help="directory of the arms")
+    parser.add_argument("--out", default="docs/results", help="where tool_use.png goes")
+    args = parser.parse_args()
+    root, out = Path(args.root), Path(args.out)
     print(table(root))
     out.mkdir(parents=True, exist_ok=True)
     figure(root).savefig(out / "tool_use.png", dpi=110)
@@ -96,4 +103,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()

@@ -69,6 +69,9 @@ def main(argv):
     try:
         loop.train(config, workdir)
     except RunError as e:
+        # The one line must stay the last: silence what library threads log while the
+        # interpreter shuts down (orbax's signalling thread can, under load).
+        logging.set_verbosity(logging.FATAL)
         sys.exit(str(e))
 
 
