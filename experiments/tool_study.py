@@ -12,7 +12,7 @@ docs/results/tool_use.md for the commands):
 
 prints a Markdown table (held-out greedy accuracy and calls per episode at the
 warm start and after GRPO, mean ± Student t 95% half-width over the seeds, and
-the sampled calls per training episode over the last 20 steps) and writes
+the sampled calls per training episode at the last logged step) and writes
 OUT/tool_use.png (held-out accuracy, held-out calls per episode and sampled
 calls per training episode against steps, every seed faintly and the mean per arm).
 """
@@ -49,7 +49,7 @@ def _cell(values, scale: float) -> str:
 def table(root: Path) -> str:
     rows = [
         "| arm | seeds | accuracy start | accuracy after GRPO | calls start | calls after GRPO "
-        "| sampled calls (last 20 steps) |",
+        "| sampled calls, last logged step |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for arm in ARMS:
@@ -61,7 +61,7 @@ def table(root: Path) -> str:
             curves = [m[key] for m in runs.values() if key in m]
             cells.append(_cell([c.values[0] for c in curves], scale))
             cells.append(_cell([c.values[-1] for c in curves], scale))
-        sampled = [m["tool/calls"].values[-20:].mean() for m in runs.values() if "tool/calls" in m]
+        sampled = [m["tool/calls"].values[-1] for m in runs.values() if "tool/calls" in m]
         cells.append(_cell(sampled, 1.0))
         rows.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)

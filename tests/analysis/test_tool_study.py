@@ -24,7 +24,7 @@ def test_table_and_figure(tmp_path):
     cells = [c.strip() for c in table[2].split("|")[1:-1]]
     # Percent; t(0.975, 1) = 12.71: 85 ± 12.71 * 7.07 / sqrt(2).
     assert cells[2] == "85 ± 64 (2 seeds)" and cells[3] == "100 ± 0 (2 seeds)"
-    assert cells[6] == "1.5 ± 3.2 (2 seeds)"  # the last 20 steps' mean per seed
+    assert cells[6] == "1.5 ± 3.2 (2 seeds)"  # the last logged step, per seed
     assert "1 seed, no interval" in table[3]
     tool_study.figure(tmp_path).savefig(tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 0
