@@ -112,6 +112,7 @@ for _task in (
     Task("arithmetic", "arithmetic"),
     Task("chain", "chain"),
     Task("tool_arith", "tool_arith", answer="marked"),  # answers after "####"
+    Task("tool_lookup", "tool_lookup", answer="marked"),  # answers after "####"
     Task("jsonl", "jsonl"),
     Task(
         "sort_pref",
