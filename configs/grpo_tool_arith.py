@@ -17,6 +17,15 @@ Without the tool (the same prompts; demonstrations answer directly; single-turn)
 
     python -m launch.train --config=configs/grpo_tool_arith.py:tool=0 --workdir=runs/grpo_notool
 
+The reward is a config argument: `reward=outcome` (exact match, the default),
+`reward=retool` (ReTool's +1 / -1), `reward=toolrl` (ToolRL's decomposed
+format + call-matching reward against the one calculator call the prompt
+needs, in [-3, 4]) or `reward=toolrl_outcome` (both, summed). ToolRL's contrast
+against the outcome reward, from an under-trained warm start:
+
+    python -m launch.train --config=configs/grpo_tool_arith.py:reward=toolrl,sft_steps=300 \
+        --workdir=runs/grpo_tool_toolrl
+
 CPU smoke run:
 
     python -m launch.train --config=configs/grpo_tool_arith.py:runlocal --workdir=/tmp/tool_smoke
@@ -29,8 +38,23 @@ from configs import base, sft_arith
 from rl_lm.algos import grpo_loss
 
 
+# reward=... -> grpo.reward_sources (None: the verifiable exact match of grpo.rewards).
+REWARDS = {
+    "outcome": None,
+    "retool": {"retool": 1.0},
+    "toolrl": {"toolrl": 1.0},
+    "toolrl_outcome": {"toolrl": 1.0, "verifiable": 1.0},
+}
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    arg = base.parse_arg(arg, runlocal=False, sft_steps=1500, tool=1, redundant=20)
+    arg = base.parse_arg(
+        arg, runlocal=False, sft_steps=1500, tool=1, redundant=20, reward="outcome"
+    )
+    if arg.reward not in REWARDS:
+        raise ValueError(f"reward={arg.reward!r}: expected one of {sorted(REWARDS)}.")
+    if arg.reward != "outcome" and not arg.tool:
+        raise ValueError(f"reward={arg.reward} scores tool calls and needs tool=1.")
     dataset = "tool" if arg.tool else "notool"
     if arg.tool and arg.redundant != 20:
         dataset += f"_redundant{arg.redundant}"
@@ -57,6 +81,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.grpo.update(num_generations=8, max_new_tokens=budget, beta=0.04, temperature=1.0)
     if arg.tool:
         config.grpo.env.update(name="tools", tools="calculator", max_turns=4)
+    if REWARDS[arg.reward]:
+        config.grpo.reward_sources = REWARDS[arg.reward]
     config.optim = base.optim(lr=1e-4, warmup_steps=10, schedule="cosine")
     config.train = base.train(
         num_steps=200, log_every=10, eval_every=50, ckpt_every=50, eval_at_start=True

@@ -19,6 +19,15 @@ GradientTransformation: `init() -> state` and
   a wrong answer, so with the verifiable reward beside it a correct episode
   scores in [1, 1 + weight] and never less than a wrong one; its weight is
   `grpo.tool_efficiency` (OTC's alpha); logs reward_tool_efficiency.
+- `toolrl`: ToolRL's decomposed reward, format in {0, 1} plus the correctness
+  6 S / S_max - 3 of an episode's calls against the task's ground-truth calls
+  (`rl_lm.tasks.Task.tool_calls`; `tool_rewards.toolrl_reward`), in [-3, 4];
+  logs reward_toolrl and each term (toolrl/format, name, param, value,
+  correctness).
+- `retool`: ReTool's outcome reward, +1 for a correct answer and -1 otherwise;
+  logs reward_retool. Under GRPO's group-std normalisation it gives the same
+  advantages as `verifiable`'s exact match (an affine map of it); without the
+  std (Dr.GRPO) they differ by a factor of 2.
 
 `from_config` builds the weighted list a config asks for, in NAMES order, and
 `score` sums it in that order, so GRPO and PPO call the same two functions. A config names its
@@ -47,9 +56,18 @@ from rl_lm.models.config import ModelConfig
 from rl_lm.models.transformer import Params
 from rl_lm.rewards import tool_rewards, user
 from rl_lm.rewards import verifiable as checks
+from rl_lm.tools import calls
 
 # The sources a config may name, in the order the existing fields sum them.
-NAMES = ("overlong", "verifiable", "reward_model", "true_reward", "tool_efficiency")
+NAMES = (
+    "overlong",
+    "verifiable",
+    "reward_model",
+    "true_reward",
+    "tool_efficiency",
+    "toolrl",
+    "retool",
+)
 
 
 class RewardSource(NamedTuple):
@@ -149,6 +167,42 @@ def tool_efficiency(group_size: int, answer_format: str) -> RewardSource:
     return stateless(score)
 
 
+def toolrl(tool_calls: tasks.ToolCallsFn, fmt: str, answer_format: str) -> RewardSource:
+    """ToolRL's reward of each episode: its calls against `tool_calls(prompt)`.
+
+    The calls are parsed from the sampled text (observations are not in it);
+    the format term is 1 when every call parsed and the text ends in an answer
+    `verifiable.extract_answer` finds (our reading of ToolRL's "tags in order"
+    for the compact and Hermes formats).
+    """
+    keys = ("format", "name", "param", "value", "correctness")
+
+    def score(r, prompts_N):
+        rows = []
+        for prompt, text in zip(prompts_N, r.texts, strict=True):
+            pred = calls.parse_calls(text, fmt)
+            ok = all(c.error is None for c in pred)
+            ok = ok and checks.extract_answer(text, answer_format) != ""
+            rows.append(tool_rewards.toolrl_reward(pred, tool_calls(prompt), ok))
+        total_N = np.asarray([t.total for t in rows], np.float32)
+        metrics = {"reward_toolrl": float(total_N.mean())}
+        metrics.update({f"toolrl/{k}": float(np.mean([getattr(t, k) for t in rows])) for k in keys})
+        return total_N, metrics
+
+    return stateless(score)
+
+
+def retool(answer_format: str) -> RewardSource:
+    """ReTool's outcome reward: +1 for an answer that matches, -1 otherwise."""
+
+    def score(r, prompts_N):
+        correct_N = checks.exact_match(r.texts, r.answers, answer_format)
+        signed_N = np.where(correct_N > 0, 1.0, -1.0).astype(np.float32)
+        return signed_N, {"reward_retool": float(signed_N.mean())}
+
+    return stateless(score)
+
+
 def prompt_texts(tokenizer: Any, prompts: dict[str, np.ndarray], group_size: int) -> list[str]:
     """The N = B * G prompt texts of a global prompt batch, each prompt G times (prompt-major)."""
     texts = tokenizer.decode_batch(prompts["prompt"], prompts["prompt_mask"], stop_at_eos=False)
@@ -243,6 +297,17 @@ def _build(name, weight, config, algo, mesh, init_from, task) -> Weighted:
             )
         answer = config.eval.get("answer", task.answer)
         return Weighted(name, weight, tool_efficiency(cfg.num_generations, answer))
+    if name == "toolrl":
+        if task.tool_calls is None:
+            raise ValueError(
+                f"{algo}.reward_sources names 'toolrl', but task {task.name!r} has no "
+                "ground-truth tool calls (Task.tool_calls)."
+            )
+        fmt = cfg.env.format if cfg.get("env") is not None else calls.COMPACT
+        answer = config.eval.get("answer", task.answer)
+        return Weighted(name, weight, toolrl(task.tool_calls, fmt, answer))
+    if name == "retool":
+        return Weighted(name, weight, retool(config.eval.get("answer", task.answer)))
     if task.true_reward is None:
         raise ValueError(
             f"{algo}.reward_sources names 'true_reward', but task {task.name!r} has none."

@@ -224,6 +224,19 @@ def observation(output: str) -> str:
     return f"<result>{output}</result>"
 
 
+_PROMPT = re.compile(r"(\d+[-+*]\d+)=\s*$")
+
+
+def ground_truth_calls(prompt: str) -> list[tuple[str, dict[str, str]]]:
+    """The one call a demonstration of `prompt` makes: [("calculator", {"expression": ...})].
+
+    `prompt` is the prompt text ("865*673=", special tokens stripped); a text
+    that is no tool_arith prompt has no ground-truth call ([]).
+    """
+    m = _PROMPT.search(prompt)
+    return [(TOOL, {"expression": m[1]})] if m else []
+
+
 def demonstration(expression: str, answer: str, calls_made: int) -> list[tuple[str, int]]:
     """The [text, trainable] segments of a demonstration making `calls_made` calls.
 

@@ -16,12 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from rl_lm.data import tool_arith
 from rl_lm.rewards import synthetic
 
 # (prompts, responses_a, responses_b) -> P(a > b) per prompt, float [N].
 Judge = Callable[[Sequence[str], Sequence[str], Sequence[str]], np.ndarray]
 # (prompts, responses) -> hidden true reward per response, float [N].
 RewardFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]
+# prompt text -> the calls a correct episode makes, as (tool name, arguments).
+ToolCallsFn = Callable[[str], list[tuple[str, dict[str, Any]]]]
 
 # Evaluations a task may name.
 EXACT_MATCH = "exact_match"  # greedy held-out accuracy against the answers
@@ -42,6 +45,8 @@ class Task:
       judge: the ground-truth preference P(a > b), where one is known.
       evals: the held-out evaluations, a subset of (EXACT_MATCH, WIN_RATE,
         RPS_CLASSES); WIN_RATE needs a judge.
+      tool_calls: the ground-truth tool calls of a prompt, where the task knows
+        them (ToolRL's reward matches an episode's calls against them).
     """
 
     name: str
@@ -50,6 +55,7 @@ class Task:
     true_reward: RewardFn | None = None
     judge: Judge | None = None
     evals: tuple[str, ...] = (EXACT_MATCH,)
+    tool_calls: ToolCallsFn | None = None
 
     def __post_init__(self):
         unknown = set(self.evals) - {EXACT_MATCH, WIN_RATE, RPS_CLASSES}
@@ -111,7 +117,8 @@ def for_config(config: Any) -> Task:
 for _task in (
     Task("arithmetic", "arithmetic"),
     Task("chain", "chain"),
-    Task("tool_arith", "tool_arith", answer="marked"),  # answers after "####"
+    # Answers after "####"; the one calculator call a demonstration makes is known.
+    Task("tool_arith", "tool_arith", answer="marked", tool_calls=tool_arith.ground_truth_calls),
     Task("tool_lookup", "tool_lookup", answer="marked"),  # answers after "####"
     Task("jsonl", "jsonl"),
     Task(
