@@ -37,12 +37,12 @@ from ml_collections import config_dict
 from configs import base, sft_arith
 from rl_lm.algos import grpo_loss
 
-
-# reward=... -> grpo.reward_sources (None: the verifiable exact match of grpo.rewards).
+# reward=... -> grpo.reward_sources. Each arm logs the other's terms at weight 0,
+# so ToolRL's terms and the exact match are on every arm's curves.
 REWARDS = {
-    "outcome": None,
-    "retool": {"retool": 1.0},
-    "toolrl": {"toolrl": 1.0},
+    "outcome": {"verifiable": 1.0, "toolrl": 0.0},
+    "retool": {"retool": 1.0, "verifiable": 0.0, "toolrl": 0.0},
+    "toolrl": {"toolrl": 1.0, "verifiable": 0.0},
     "toolrl_outcome": {"toolrl": 1.0, "verifiable": 1.0},
 }
 
@@ -81,7 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.grpo.update(num_generations=8, max_new_tokens=budget, beta=0.04, temperature=1.0)
     if arg.tool:
         config.grpo.env.update(name="tools", tools="calculator", max_turns=4)
-    if REWARDS[arg.reward]:
+    if arg.tool:
         config.grpo.reward_sources = REWARDS[arg.reward]
     config.optim = base.optim(lr=1e-4, warmup_steps=10, schedule="cosine")
     config.train = base.train(

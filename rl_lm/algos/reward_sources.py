@@ -35,7 +35,9 @@ sources either by the existing fields (`grpo.reward_source`, `grpo.rewards`,
 `grpo.reward_fns`, `grpo.overlong_cache`; `ppo.reward.source`,
 `ppo.reward.verifiable`, `ppo.reward.reward_fns`) or by an optional
 `<algo>.reward_sources` mapping of source names to weights, e.g.
-{"verifiable": 1.0, "reward_model": 0.5}, which replaces the source field.
+{"verifiable": 1.0, "reward_model": 0.5}, which replaces the source field;
+the shaping knobs `overlong_cache` and `tool_efficiency` still add their
+sources when the listing does not weight them.
 The default sections (`grpo_loss.default_config`, `ppo_loss.default_config`)
 do not hold that field, so a config file sets it before the config is locked.
 """
@@ -218,7 +220,13 @@ def weights(config: Any, algo: str) -> dict[str, float]:
     cfg = config[algo]
     listed = cfg.get("reward_sources")
     if listed:
-        return _checked_weights(dict(listed), f"{algo}.reward_sources")
+        out = _checked_weights(dict(listed), f"{algo}.reward_sources")
+        # The shaping knobs add their sources unless the listing weights them itself.
+        if cfg.get("overlong_cache", 0) > 0:
+            out.setdefault("overlong", 1.0)
+        if cfg.get("tool_efficiency", 0.0):
+            out.setdefault("tool_efficiency", float(cfg.tool_efficiency))
+        return {name: out[name] for name in NAMES if name in out}
     source = cfg.reward_source if algo == "grpo" else cfg.reward.source
     out = {}
     if cfg.get("overlong_cache", 0) > 0:

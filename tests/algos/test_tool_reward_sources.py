@@ -88,18 +88,19 @@ def test_tool_arith_ground_truth_call_of_a_decoded_prompt():
 @pytest.mark.parametrize(
     "reward, want",
     [
-        ("outcome", ["verifiable"]),
-        ("retool", ["retool"]),
-        ("toolrl", ["toolrl"]),
-        ("toolrl_outcome", ["verifiable", "toolrl"]),
+        ("outcome", [("verifiable", 1.0), ("toolrl", 0.0)]),
+        ("retool", [("verifiable", 0.0), ("toolrl", 0.0), ("retool", 1.0)]),
+        ("toolrl", [("verifiable", 0.0), ("toolrl", 1.0)]),
+        ("toolrl_outcome", [("verifiable", 1.0), ("toolrl", 1.0)]),
     ],
 )
 def test_config_reward_argument_names_the_sources(reward, want):
+    # The other arm's terms are logged at weight 0, in NAMES order.
     config = grpo_tool_arith.get_config(f"runlocal,reward={reward}")
     mesh = parallel.make_mesh(base.mesh())
     task = tasks.for_config(config)
     sources = reward_sources.from_config(config, "grpo", mesh=mesh, init_from=None, task=task)
-    assert [w.name for w in sources] == want
+    assert [(w.name, w.weight) for w in sources] == want
 
 
 def test_toolrl_needs_a_task_with_ground_truth_calls():
@@ -118,3 +119,17 @@ def test_config_rejects_an_unknown_reward_and_toolrl_without_the_tool():
         grpo_tool_arith.get_config("reward=tool_rl")
     with pytest.raises(ValueError, match="needs tool=1"):
         grpo_tool_arith.get_config("reward=toolrl,tool=0")
+
+
+def test_listed_sources_keep_the_tool_efficiency_knob():
+    # The OTC arm sets grpo.tool_efficiency on the command line over a listed reward.
+    config = grpo_tool_arith.get_config("runlocal,reward=toolrl")
+    config.unlock()
+    config.grpo.tool_efficiency = 0.5
+    assert reward_sources.weights(config, "grpo") == {
+        "verifiable": 0.0,
+        "tool_efficiency": 0.5,
+        "toolrl": 1.0,
+    }
+    config.grpo.reward_sources = {"verifiable": 1.0, "tool_efficiency": 2.0}
+    assert reward_sources.weights(config, "grpo")["tool_efficiency"] == 2.0
