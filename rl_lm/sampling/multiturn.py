@@ -42,13 +42,7 @@ import numpy as np
 from rl_lm.models.config import ModelConfig
 from rl_lm.models.transformer import Params
 from rl_lm.sampling.decode import DecodeCache, decode_step, prefill, unstack_layers
-from rl_lm.sampling.sampler import (
-    _check_inputs,
-    _prompt_keys,
-    _uniforms,
-    filter_logits,
-    inverse_cdf_sample,
-)
+from rl_lm.sampling.sampler import _check_inputs, _prompt_keys, _uniforms, pick_tokens
 
 # on_turns(rows [M], actions: M id arrays, final [M] bool) -> M observations (ids or None).
 OnTurns = Callable[[np.ndarray, list[np.ndarray], np.ndarray], list]
@@ -116,10 +110,12 @@ def _stop_table(stop_sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np
     return table, lengths, w
 
 
-def _segment(params, carry: _Carry, u_NxR, *, cfg, settings) -> _Carry:
-    """Runs decode steps until some row waits, every row is done, or the slots run out."""
+def _segment(params, layers, carry: _Carry, u_NxR, *, cfg, settings) -> _Carry:
+    """Runs decode steps until some row waits, every row is done, or the slots run out.
+
+    `layers` is `unstack_layers(params, cfg)`, sliced once per rollout by the caller.
+    """
     (r, p, temperature, top_k, top_p, eos, pad_id, turn_budget, stops) = settings
-    layers = unstack_layers(params, cfg)
     table, stop_len, _ = _stop_table(stops)
     n = carry.count.shape[0]
     rows = jnp.arange(n)
@@ -127,15 +123,9 @@ def _segment(params, carry: _Carry, u_NxR, *, cfg, settings) -> _Carry:
     eos = np.asarray(eos, np.int32)
 
     def pick(z_NxV, k_N):
-        if temperature == 0:
-            tok_N = jnp.argmax(z_NxV, axis=-1).astype(jnp.int32)
-            logp_NxV = jax.nn.log_softmax(z_NxV, axis=-1)
-        else:
-            z_NxV = z_NxV / temperature
-            logp_NxV = jax.nn.log_softmax(z_NxV, axis=-1)
-            u_N = u_NxR[rows, jnp.minimum(k_N, r - 1)]
-            tok_N = inverse_cdf_sample(filter_logits(z_NxV, top_k=top_k, top_p=top_p), u_N)
-        return tok_N, jnp.take_along_axis(logp_NxV, tok_N[:, None], axis=-1)[:, 0]
+        # A row's k-th sampled token draws its column k (a row's own count, not the step).
+        u_N = None if u_NxR is None else u_NxR[rows, jnp.minimum(k_N, r - 1)]
+        return pick_tokens(z_NxV, u_N, temperature=temperature, top_k=top_k, top_p=top_p)
 
     def cond(c: _Carry):
         return (c.t < r) & ~jnp.all(c.done) & ~jnp.any(c.wait)
@@ -191,7 +181,7 @@ def _segment(params, carry: _Carry, u_NxR, *, cfg, settings) -> _Carry:
 
 @functools.lru_cache(maxsize=16)
 def _jitted_segment(cfg: ModelConfig, settings: tuple):
-    return jax.jit(functools.partial(_segment, cfg=cfg, settings=settings), donate_argnums=1)
+    return jax.jit(functools.partial(_segment, cfg=cfg, settings=settings), donate_argnums=2)
 
 
 @functools.lru_cache(maxsize=16)
@@ -201,7 +191,8 @@ def _jitted_start(cfg: ModelConfig, r: int, g: int, temperature: float):
         b, p = prompt_BxP.shape
         z_NxV, cache = prefill(params, cfg, prompt_BxP, prompt_mask_BxP.astype(bool), p + r, g)
         u_NxR = None if temperature == 0 else _uniforms(_prompt_keys(rng, b), g, r)
-        return z_NxV, cache, u_NxR
+        # Sliced once per rollout, not in every segment (every host round trip).
+        return z_NxV, cache, u_NxR, unstack_layers(params, cfg)
 
     return start
 
@@ -281,7 +272,7 @@ def sample_multiturn(
         turn_budget,
         stops,
     )
-    z_NxV, cache, u_NxR = _jitted_start(cfg, r, g, temperature)(
+    z_NxV, cache, u_NxR, layers = _jitted_start(cfg, r, g, temperature)(
         params, prompt_BxP, prompt_mask_BxP, rng
     )
     n, f = b * g, max_observation_tokens
@@ -300,7 +291,7 @@ def sample_multiturn(
     turns, obs_tokens, truncated = np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros(n, bool)
     segments = 0
     while True:
-        carry = segment(params, carry, u_NxR)
+        carry = segment(params, layers, carry, u_NxR)
         segments += 1
         host = jax.device_get(
             {

@@ -107,6 +107,43 @@ def inverse_cdf_sample(logits_NxV: jax.Array, u_N: jax.Array) -> jax.Array:
     return jnp.minimum(tok_N, logits_NxV.shape[-1] - 1).astype(jnp.int32)
 
 
+def pick_tokens(
+    z_NxV: jax.Array,
+    u_N: jax.Array | None,
+    *,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> tuple[jax.Array, jax.Array]:
+    """The next token of each row and its log-prob, from next-token logits.
+
+    The one token choice of single-turn (`sample`) and multi-turn
+    (`multiturn.sample_multiturn`) sampling; the caller picks each row's uniform,
+    so the RNG indexing stays its own.
+
+    Args:
+        z_NxV: next-token logits [N, V].
+        u_N: one uniform in (0, 1] per row [N] (`_uniforms`); ignored, and may be
+            None, when greedy.
+        temperature: softmax temperature (static); 0 takes the argmax.
+        top_k, top_p: the sampling support, as `filter_logits` (ignored when greedy).
+
+    Returns:
+        (tokens [N] int32, log-probs [N] float32 of those tokens under
+        log_softmax(z_NxV / temperature) of the full vocabulary, before top-k /
+        top-p; temperature 1 when greedy).
+    """
+    if temperature == 0:
+        tok_N = jnp.argmax(z_NxV, axis=-1)
+        logp_NxV = jax.nn.log_softmax(z_NxV, axis=-1)
+    else:
+        z_NxV = z_NxV / temperature
+        logp_NxV = jax.nn.log_softmax(z_NxV, axis=-1)
+        tok_N = inverse_cdf_sample(filter_logits(z_NxV, top_k=top_k, top_p=top_p), u_N)
+    tok_N = tok_N.astype(jnp.int32)
+    return tok_N, jnp.take_along_axis(logp_NxV, tok_N[:, None], axis=-1)[:, 0]
+
+
 def _uniforms(keys_B: jax.Array, g: int, r: int) -> jax.Array:
     """u[b * G + g, t] in (0, 1] drawn with key fold_in(fold_in(keys_B[b], g), t)."""
     b = keys_B.shape[0]
@@ -271,23 +308,11 @@ def sample(
 
     eos = np.asarray(eos_ids, np.int32)
 
-    def pick(z_NxV, t):
-        """The next token and its log-prob; returns (tokens [N], logp [N])."""
-        if temperature == 0:
-            tok_N = jnp.argmax(z_NxV, axis=-1)
-            logp_NxV = jax.nn.log_softmax(z_NxV, axis=-1)
-        else:
-            z_NxV = z_NxV / temperature
-            logp_NxV = jax.nn.log_softmax(z_NxV, axis=-1)
-            support_NxV = filter_logits(z_NxV, top_k=top_k, top_p=top_p)
-            u_N = jax.lax.dynamic_index_in_dim(u_NxR, t, axis=1, keepdims=False)
-            tok_N = inverse_cdf_sample(support_NxV, u_N)
-        tok_N = tok_N.astype(jnp.int32)
-        return tok_N, jnp.take_along_axis(logp_NxV, tok_N[:, None], axis=-1)[:, 0]
-
     def record(state, t, z_NxV):
         tokens, logprobs, mask, done_N = state
-        tok_N, logp_N = pick(z_NxV, t)
+        # Step t of every row draws column t of its uniforms.
+        u_N = None if u_NxR is None else jax.lax.dynamic_index_in_dim(u_NxR, t, 1, False)
+        tok_N, logp_N = pick_tokens(z_NxV, u_N, temperature=temperature, top_k=top_k, top_p=top_p)
         live_N = ~done_N
         tokens = tokens.at[:, t].set(jnp.where(live_N, tok_N, pad_id))
         logprobs = logprobs.at[:, t].set(jnp.where(live_N, logp_N, 0.0))
