@@ -40,7 +40,7 @@ PANELS = (("eval/accuracy", "held-out accuracy", 100.0), ("eval/calls", "calls p
 FIGURE = (*PANELS, ("tool/calls", "sampled calls per training episode", 1.0))
 TOOLRL_FIGURE = (
     PANELS[0],
-    ("reward_verifiable", "exact match of the training samples", 100.0),
+    ("train_accuracy", "exact match of the training samples", 100.0),
     ("toolrl/value", "sampled calls with the right expression", 1.0),
     ("reward_toolrl", "ToolRL reward of the training samples", 1.0),
 )
@@ -102,7 +102,7 @@ def toolrl_table(root: Path, mid: int) -> str:
         acc = [m["eval/accuracy"] for m in runs.values() if "eval/accuracy" in m]
         cells = [_cell([c.values[0] for c in acc], 100.0), _cell([_at(c, mid) for c in acc], 100.0)]
         cells.append(_cell([c.values[-1] for c in acc], 100.0))
-        for key, scale in (("reward_verifiable", 100.0), ("reward_toolrl", 1.0)):
+        for key, scale in (("train_accuracy", 100.0), ("reward_toolrl", 1.0)):
             cells.append(_cell([m[key].values[-1] for m in runs.values() if key in m], scale))
         rows.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)

@@ -34,7 +34,7 @@ def _toolrl_run(path, accuracy, sampled):
     path.mkdir(parents=True)
     rows = [
         {"step": 0, "eval/accuracy": accuracy[0]},
-        {"step": 5, "reward_verifiable": sampled, "reward_toolrl": 2 * sampled},
+        {"step": 5, "train_accuracy": sampled, "reward_toolrl": 2 * sampled},
         {"step": 10, "eval/accuracy": accuracy[1], "toolrl/value": sampled},
         {"step": 20, "eval/accuracy": accuracy[2]},
     ]
