@@ -33,7 +33,7 @@ from jax.sharding import Mesh
 
 from rl_lm import parallel
 from rl_lm.algos.rollout import Rollout
-from rl_lm.data import chat, prompt_batches
+from rl_lm.data import chat, prompt_batches, tool_lookup
 from rl_lm.envs.tool_env import ToolEnv
 from rl_lm.models.tokenizer import ByteTokenizer
 from rl_lm.rewards import verifiable
@@ -45,6 +45,9 @@ from rl_lm.tools.calls import COMPACT, HERMES
 TOOLS: dict[str, Callable[[], Callable[..., str]]] = {
     "calculator": lambda: calculator.calculator,
     "python": lambda: sandbox.make_python_tool(),
+    # The default table's (tool_lookup/lookup: 1000 entities, seed 0); another
+    # entities or seed needs its own tool.
+    "lookup": lambda: tool_lookup.make_lookup_tool(),
 }
 ENVS = ("", "tools")
 

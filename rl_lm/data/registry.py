@@ -1,5 +1,5 @@
 """Dataset names and loading: "arithmetic/<config>", "chain/<config>", "tool_arith/<config>",
-"jsonl/<name>", "sort_pref/<config>" and "rps_pref/<config>"."""
+"tool_lookup/<config>", "jsonl/<name>", "sort_pref/<config>" and "rps_pref/<config>"."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import os
 import tensorflow_datasets as tfds
 from absl import logging
 
-from rl_lm.data import arithmetic, chain, jsonl, preference_tasks, storage, tool_arith
+from rl_lm.data import arithmetic, chain, jsonl, preference_tasks, storage, tool_arith, tool_lookup
 
-TASKS = ("arithmetic", "chain", "tool_arith", "jsonl", *preference_tasks.TASKS)
+TASKS = ("arithmetic", "chain", "tool_arith", "tool_lookup", "jsonl", *preference_tasks.TASKS)
 
 
 def dataset_name(task: str, **fields) -> str:
@@ -21,8 +21,9 @@ def dataset_name(task: str, **fields) -> str:
         **fields: for "arithmetic", difficulty fields of `ArithmeticConfig` (missing
             ones take the "add2" defaults) or `config="mix3"`; for "jsonl", `name=`;
             for "sort_pref" / "rps_pref", `kind=` and config fields (see
-            `preference_tasks.task_config`); for "chain" / "tool_arith", their config
-            fields or `config=` (`chain.dataset_name`, `tool_arith.dataset_name`).
+            `preference_tasks.task_config`); for "chain" / "tool_arith" / "tool_lookup",
+            their config fields or `config=` (`chain.dataset_name`,
+            `tool_arith.dataset_name`, `tool_lookup.dataset_name`).
 
     Returns:
         A name for `load_source`, e.g. "arithmetic/add3" or "jsonl/my_prefs".
@@ -44,6 +45,8 @@ def dataset_name(task: str, **fields) -> str:
         return chain.dataset_name(**fields)
     if task == "tool_arith":
         return tool_arith.dataset_name(**fields)
+    if task == "tool_lookup":
+        return tool_lookup.dataset_name(**fields)
     raise ValueError(f"unknown data task {task!r}; known: {', '.join(TASKS)}.")
 
 
@@ -70,7 +73,9 @@ def load_source(
     """
     root = storage.resolve_data_dir(data_dir)
     family, _, config = name.partition("/")
-    if family in ("arithmetic", "chain", "tool_arith") or family in preference_tasks.TASKS:
+    if family in ("arithmetic", "chain", "tool_arith", "tool_lookup") or (
+        family in preference_tasks.TASKS
+    ):
         if family == "arithmetic":
             config = config or arithmetic.Arithmetic.DEFAULT_CONFIG_NAME
             builder = arithmetic.arithmetic_builder(root, config=config)
@@ -78,6 +83,8 @@ def load_source(
             builder = chain.chain_builder(root, config)
         elif family == "tool_arith":
             builder = tool_arith.tool_arith_builder(root, config)
+        elif family == "tool_lookup":
+            builder = tool_lookup.tool_lookup_builder(root, config)
         else:
             builder = preference_tasks.task_builder(family, config, root)
         if not storage.is_prepared(builder):
@@ -102,7 +109,7 @@ def load_source(
             f"unknown dataset {name!r}: expected 'arithmetic/<config>' (presets "
             f"{', '.join(arithmetic.PRESETS)}; any difficulty via dataset_name('arithmetic', "
             "max_digits=..., num_operands=..., ops=...)), 'chain/<config>', 'tool_arith/<config>', "
-            "'sort_pref/<config>', "
+            "'tool_lookup/<config>', 'sort_pref/<config>', "
             "'rps_pref/<config>' or 'jsonl/<name>'. If "
             f"{family!r} is your own JSONL data, {jsonl.how_to_prepare(family, root)[:-1]}, "
             f"then load it as 'jsonl/{family}'."
