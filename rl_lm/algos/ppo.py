@@ -36,6 +36,12 @@ baseline (ppo.process.baseline must be "none"), and ppo.gamma < 1 is allowed
 only with plain sum-form step rewards (`ppo_loss.process_problems`). The logged
 steps_per_response, process_return (G of the first step), process_score_sum /
 _min, step_overflow and step_mismatch are GRPO's.
+
+With `ppo.env.name` set (configs/ppo_tool_arith.py), each row is a multi-turn
+tool episode (`rl_lm.algos.ppo_episodes`): every forward attends to the
+observations, the rewards, GAE and the loss skip them, and the held-out
+evaluation runs greedy episodes with the same tools; the tool metrics are
+GRPO's.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from jax.sharding import Mesh
 from rl_lm import parallel, tasks
 from rl_lm.algos import (
     common,
+    ppo_episodes,
     ppo_loss,
     process_rewards,
     reward_model,
@@ -188,6 +195,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
             *(batch[k] for k in rollout.ROW_KEYS),
             chunk_size=cfg.logprob_chunk,
             temperature=cfg.temperature,
+            attention_mask_NxR=batch.get("attention_mask"),
         ),
         out_shardings=rows,
     )
@@ -228,16 +236,19 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         )
 
     collect_args = dict(mesh=mesh, tokenizer=tokenizer, num_generations=g)
+    collect_rollout = ppo_episodes.collector(cfg, policy_cfg, sampler)
 
     def score_rollout(state, prompts, key):
         """Samples and scores one global prompt batch; the host part is global."""
-        r = rollout.collect(sampler, state["params"]["policy"], prompts, key, **collect_args)
+        r = collect_rollout(state["params"]["policy"], prompts, key, **collect_args)
         host = {"response": r.host_response, "mask": r.host_mask}
         if process is not None:
             prompt_texts = tokenizer.decode_batch(prompts["prompt"], prompts["prompt_mask"])
             process_rewards.score_on_host(process, host, prompt_texts, r.texts, g)
         prompts_N = reward_sources.prompt_texts(tokenizer, prompts, g)
         updates, score, stats = reward_sources.score(sources, state, r, prompts_N)
+        if r.episode is not None:  # tool metrics, per episode
+            stats.update({k: float(np.mean(v)) for k, v in r.episode.items()})
         return {**state, **updates}, r.rows(), score, stats, host
 
     def step(state, prompts):
@@ -296,9 +307,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         )
         return state, metrics
 
-    policy_eval = rm_rewards.make_policy_eval(
-        config, mesh, policy_cfg, tokenizer, test_source, task
-    )
+    policy_eval = ppo_episodes.make_eval(config, mesh, policy_cfg, tokenizer, test_source, task)
     return common.Trainer(
         mesh=mesh,
         init_state=init_state,

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rl_lm.algos import process_advantages, process_rewards, rm_rewards
+from rl_lm.algos import episodes, ppo_episodes, process_advantages, process_rewards, rm_rewards
 from rl_lm.core import aggregation, credit, gae, kl, losses, masks
 from rl_lm.core import steps as core_steps
 from rl_lm.models.config import ModelConfig
@@ -96,6 +96,8 @@ def default_config() -> ml_collections.ConfigDict:
         }
     )
     config.process = default_process_config()  # off: source="none"
+    # Multi-turn tool episodes (rl_lm.algos.ppo_episodes); name "" = single-turn.
+    config.env = episodes.default_config()
     return config
 
 
@@ -147,6 +149,7 @@ def validate(cfg: Any) -> None:
         check(cfg[name] >= 1, f"ppo.{name}={cfg[name]} must be >= 1")
     if cfg.get("process") is not None:
         problems += process_problems(cfg.process, cfg.gamma)
+    problems += ppo_episodes.problems(cfg)
     if problems:
         raise ValueError("Invalid PPO config: " + "; ".join(problems) + ".")
 
@@ -220,11 +223,13 @@ def response_hidden(params: Params, model_cfg: ModelConfig, batch: dict[str, jax
     """Hidden states [N,R,D] that predict each response token (the state before it).
 
     The batch's prompts are per row (already repeated G times, as the sampler
-    returns them).
+    returns them); the response attends with batch["attention_mask"] where there
+    is one (an episode's observations are seen, not scored), else batch["mask"].
     """
     p, r = batch["prompt"].shape[1], batch["response"].shape[1]
     tokens_NxT = jnp.concatenate([batch["prompt"], batch["response"]], axis=1)
-    mask_NxT = jnp.concatenate([batch["prompt_mask"], batch["mask"]], axis=1)
+    seen_NxR = batch.get("attention_mask", batch["mask"])
+    mask_NxT = jnp.concatenate([batch["prompt_mask"], seen_NxR], axis=1)
     hidden_NxTxD, _ = forward(params, tokens_NxT, model_cfg, mask_NxT=mask_NxT.astype(bool))
     return hidden_NxTxD[:, p - 1 : p + r - 1]
 
@@ -242,7 +247,8 @@ def response_outputs(
     Args:
       params: {"policy": ...} (with the value head, "score", when critic_cfg is
         None) and {"critic": ...} for a separate critic.
-      batch: prompt [N,P], prompt_mask [N,P], response [N,R], mask [N,R].
+      batch: prompt [N,P], prompt_mask [N,P], response [N,R], mask [N,R], and
+        attention_mask [N,R] for episodes (`response_hidden`).
       policy_cfg: the policy's model config.
       cfg: the `ppo` config section (temperature, logprob_chunk).
       critic_cfg: the separate critic's model config; None for a value head.
@@ -347,6 +353,12 @@ def rollout_targets(
     process_NxT: jax.Array | None = None,
 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
     """Advantages and returns of one rollout, before any update.
+
+    Mask-0 positions inside a response (an episode's observations) are not
+    actions: their rewards and values are ignored and GAE bridges them, so the
+    value at the token before an observation bootstraps from the value at the
+    next action token. Advantages and returns at the action tokens equal those
+    of the same rows with the observation tokens deleted.
 
     Args:
       score_N: sequence scores (normalized and clipped already).
