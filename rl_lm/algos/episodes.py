@@ -19,7 +19,6 @@ tool metrics come per row in `Rollout.episode`.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,9 +30,9 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from rl_lm import parallel
+from rl_lm.algos import evaluation, rollout
 from rl_lm.algos.rollout import Rollout
-from rl_lm.data import chat, prompt_batches, tool_lookup
+from rl_lm.data import chat, tool_lookup
 from rl_lm.envs.tool_env import ToolEnv
 from rl_lm.models.tokenizer import ByteTokenizer
 from rl_lm.rewards import verifiable
@@ -230,25 +229,18 @@ def collect(
         num_generations=num_generations, **episode_args["sampling"],
     )  # fmt: skip
     out = ep.out
-    rows = parallel.batch_sharding(mesh)
-    put = lambda x: jax.device_put(np.asarray(x), rows)
-    answers = np.repeat(np.asarray(prompts["answer"], dtype=object), num_generations)
     metrics = {
         **{k: ep.terms[k] for k in ep.terms},
         "tool/observation_tokens": out.observation_tokens.astype(np.float32),
         "tool/truncated": out.truncated.astype(np.float32),
     }
-    return Rollout(
-        prompt=put(out.prompt),
-        prompt_mask=put(out.prompt_mask),
-        response=put(out.tokens),
-        mask=put(out.mask),
-        lp_sample=put(out.logprobs),
-        host_response=out.tokens,
-        host_mask=out.mask,
-        texts=tokenizer.decode_batch(out.tokens, out.mask),
-        answers=list(answers),
-        attention_mask=put(out.attention_mask),
+    return rollout.from_samples(
+        out,
+        prompts,
+        mesh=mesh,
+        tokenizer=tokenizer,
+        num_generations=num_generations,
+        attention_mask=out.attention_mask,
         episode={**metrics, "time_tools": np.float32(ep.tool_seconds)},
     )
 
@@ -258,16 +250,14 @@ def make_eval(config, env_cfg, mesh, model_cfg, tokenizer, source, answer: str):
     episode, call error rate, response and observation tokens, turns."""
     ev, data = config.eval, config.data
     verifiable.check_answer_format(answer)
-    if not 0 < ev.num_examples <= len(source):
-        raise ValueError(
-            f"eval.num_examples={ev.num_examples} must be in [1, {len(source)}] (the held-out "
-            "split's size)."
-        )
-    batch_size = min(ev.batch_size, ev.num_examples)
-    stream = prompt_batches(
-        source, tokenizer, batch_size=batch_size, max_prompt_len=data.max_prompt_len, seed=ev.seed
+    batches, batch_size = evaluation.held_out_batches(
+        source,
+        tokenizer,
+        num_examples=ev.num_examples,
+        batch_size=ev.batch_size,
+        max_prompt_len=data.max_prompt_len,
+        seed=ev.seed,
     )
-    batches = list(itertools.islice(stream, -(-ev.num_examples // batch_size)))
     env = make_env(env_cfg)
     sampling = dict(
         max_tokens=ev.max_new_tokens,

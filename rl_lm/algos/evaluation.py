@@ -18,6 +18,41 @@ from rl_lm.rewards import verifiable
 from rl_lm.sampling.sampler import cut_by_budget, make_sampler
 
 
+def held_out_batches(
+    source: Any,
+    tokenizer: Any,
+    *,
+    num_examples: int,
+    batch_size: int,
+    max_prompt_len: int,
+    seed: int = 0,
+    batch_divisor: int = 1,
+) -> tuple[list[dict[str, Any]], int]:
+    """The fixed held-out prompt batches of an evaluation and their batch size.
+
+    The first `num_examples` rows of the `seed` shuffle of `source`, in batches
+    of min(batch_size, num_examples) (the last one padded by the stream).
+
+    Raises:
+      ValueError: one line naming eval.num_examples or eval.batch_size.
+    """
+    if not 0 < num_examples <= len(source):
+        raise ValueError(
+            f"eval.num_examples={num_examples} must be in [1, {len(source)}] (the held-out "
+            "split's size)."
+        )
+    batch_size = min(batch_size, num_examples)
+    if batch_size % batch_divisor:
+        raise ValueError(
+            f"eval.batch_size={batch_size} must be a multiple of the mesh's "
+            f"{batch_divisor} batch shards."
+        )
+    stream = prompt_batches(
+        source, tokenizer, batch_size=batch_size, max_prompt_len=max_prompt_len, seed=seed
+    )
+    return list(itertools.islice(stream, math.ceil(num_examples / batch_size))), batch_size
+
+
 def make_exact_match_eval(
     mesh: Mesh,
     model_cfg: ModelConfig,
@@ -55,22 +90,15 @@ def make_exact_match_eval(
     whether a policy's answers still fit.
     """
     verifiable.check_answer_format(answer)  # fail here, not after training
-    if not 0 < num_examples <= len(source):
-        raise ValueError(
-            f"eval.num_examples={num_examples} must be in [1, {len(source)}] (the held-out "
-            "split's size)."
-        )
-    batch_size = min(batch_size, num_examples)
-    if batch_size % parallel.batch_divisor(mesh):
-        raise ValueError(
-            f"eval.batch_size={batch_size} must be a multiple of the mesh's "
-            f"{parallel.batch_divisor(mesh)} batch shards."
-        )
-    num_batches = math.ceil(num_examples / batch_size)
-    stream = prompt_batches(
-        source, tokenizer, batch_size=batch_size, max_prompt_len=max_prompt_len, seed=seed
+    batches, batch_size = held_out_batches(
+        source,
+        tokenizer,
+        num_examples=num_examples,
+        batch_size=batch_size,
+        max_prompt_len=max_prompt_len,
+        seed=seed,
+        batch_divisor=parallel.batch_divisor(mesh),
     )
-    batches = list(itertools.islice(stream, num_batches))
     sampler = make_sampler(
         model_cfg,
         max_new_tokens=max_new_tokens,

@@ -92,19 +92,39 @@ def collect(
     local = {k: prompts[k][lo:hi] for k in ("prompt", "prompt_mask")}
     arrays = parallel.shard_batch(local, mesh, b)
     out = sampler(params, arrays["prompt"], arrays["prompt_mask"], key)
+    return from_samples(
+        out, prompts, mesh=mesh, tokenizer=tokenizer, num_generations=num_generations
+    )
+
+
+def from_samples(
+    out: Any,
+    prompts: dict[str, np.ndarray],
+    *,
+    mesh: Mesh,
+    tokenizer: Any,
+    num_generations: int,
+    attention_mask: Any = None,
+    episode: dict[str, np.ndarray] | None = None,
+) -> Rollout:
+    """The Rollout of a sampler's output `out` (prompt, prompt_mask, tokens, mask, logprobs;
+    global device or host arrays) for the prompt batch `prompts`, G samples per prompt."""
     rows = parallel.batch_sharding(mesh)
-    host_response, host_mask = parallel.to_host(out.tokens), parallel.to_host(out.mask)
+    put = lambda x: jax.device_put(x, rows)
+    host_response, host_mask = parallel.to_host(put(out.tokens)), parallel.to_host(put(out.mask))
     answers = np.repeat(np.asarray(prompts["answer"], dtype=object), num_generations)
     return Rollout(
-        prompt=jax.device_put(out.prompt, rows),
-        prompt_mask=jax.device_put(out.prompt_mask, rows),
-        response=jax.device_put(out.tokens, rows),
-        mask=jax.device_put(out.mask, rows),
-        lp_sample=jax.device_put(out.logprobs, rows),
+        prompt=put(out.prompt),
+        prompt_mask=put(out.prompt_mask),
+        response=put(out.tokens),
+        mask=put(out.mask),
+        lp_sample=put(out.logprobs),
         host_response=host_response,
         host_mask=host_mask,
         texts=tokenizer.decode_batch(host_response, host_mask),
         answers=list(answers),
+        attention_mask=None if attention_mask is None else put(attention_mask),
+        episode=episode,
     )
 
 
