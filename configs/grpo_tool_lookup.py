@@ -24,9 +24,9 @@ CPU smoke run:
 
     python -m launch.train --config=configs/grpo_tool_lookup.py:runlocal --workdir=/tmp/lookup_smoke
 
-The registered "lookup" tool reads the default table (1000 entities, seed 0):
-a --config.data.name with other `entities` or `seed` would be answered from
-the wrong table, so vary train_size and test_size only.
+The registered "lookup" tool reads the table of the run's own data.name, so
+--config.data.name=tool_lookup/lookup_entities200_seed3 is answered from that
+table.
 """
 
 import ml_collections
@@ -76,7 +76,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     warm.eval.max_new_tokens = BUDGET
     config.warm_start = warm
     if arg.runlocal:
-        # The default table (so the registered tool answers it), fewer rows.
+        # The default table, fewer rows.
         config.data.name = "tool_lookup/lookup_train256_test32"
         config.model = base.model("tiny", max_seq_len=MAX_LEN)
         config.data.batch_size = 8

@@ -19,6 +19,7 @@ tool metrics come per row in `Rollout.episode`.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,14 +41,21 @@ from rl_lm.sampling.multiturn import MultiTurnOutput, sample_multiturn
 from rl_lm.tools import calculator, sandbox
 from rl_lm.tools.calls import COMPACT, HERMES
 
-# Tool names a config may list, and how each is made.
-TOOLS: dict[str, Callable[[], Callable[..., str]]] = {
-    "calculator": lambda: calculator.calculator,
-    "python": lambda: sandbox.make_python_tool(),
-    # The default table's (tool_lookup/lookup: 1000 entities, seed 0); another
-    # entities or seed needs its own tool.
-    "lookup": lambda: tool_lookup.make_lookup_tool(),
+# Tool names a config may list, and how each is made from the run's dataset name.
+TOOLS: dict[str, Callable[[str], Callable[..., str]]] = {
+    "calculator": lambda data_name: calculator.calculator,
+    "python": lambda data_name: sandbox.make_python_tool(),
+    "lookup": lambda data_name: tool_lookup.make_lookup_tool(_lookup_table(data_name)),
 }
+
+
+def _lookup_table(data_name: str) -> str:
+    """The tool_lookup config whose table the lookup tool reads: the run's own dataset's,
+    or the default table for a run on another dataset."""
+    family, _, name = data_name.partition("/")
+    return name if family == "tool_lookup" and name else "lookup"
+
+
 ENVS = ("", "tools")
 
 
@@ -96,9 +104,9 @@ def _tool_names(cfg: Any) -> list[str]:
     return [t.strip() for t in cfg.tools.split(",") if t.strip()]
 
 
-def make_env(cfg: Any) -> ToolEnv:
-    """The environment an env section names."""
-    tools = {name: TOOLS[name]() for name in _tool_names(cfg)}
+def make_env(cfg: Any, data_name: str = "") -> ToolEnv:
+    """The environment an env section names, its tools made for dataset `data_name`."""
+    tools = {name: TOOLS[name](data_name) for name in _tool_names(cfg)}
     return ToolEnv(
         tools,
         fmt=cfg.format,
@@ -107,6 +115,25 @@ def make_env(cfg: Any) -> ToolEnv:
         timeout=cfg.timeout,
         max_output=cfg.max_output,
     )
+
+
+def collector(cfg: Any, model_cfg: Any, sampler: Any, data_name: str):
+    """The rollout of an on-policy section `cfg` (grpo or ppo): `rollout.collect` of the
+    single-turn `sampler`, or `collect` of episodes with `cfg.env` set; both called as
+    (params, prompts, key, *, mesh, tokenizer, num_generations)."""
+    env = cfg.get("env")
+    if not enabled(env):
+        return functools.partial(rollout.collect, sampler)
+    sampling = dict(
+        max_tokens=cfg.max_new_tokens,
+        max_turn_tokens=env.max_turn_tokens,
+        max_observation_tokens=env.max_observation_tokens,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+    )
+    episode_args = {"model_cfg": model_cfg, "sampling": sampling}
+    return functools.partial(collect, episode_args, make_env(env, data_name))
 
 
 class Episodes(NamedTuple):
@@ -258,7 +285,7 @@ def make_eval(config, env_cfg, mesh, model_cfg, tokenizer, source, answer: str):
         max_prompt_len=data.max_prompt_len,
         seed=ev.seed,
     )
-    env = make_env(env_cfg)
+    env = make_env(env_cfg, data.name)
     sampling = dict(
         max_tokens=ev.max_new_tokens,
         max_turn_tokens=env_cfg.max_turn_tokens,

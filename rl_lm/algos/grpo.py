@@ -166,20 +166,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     )
     lp_temperature = cfg.temperature if cfg.temperature > 0 else 1.0
     env_cfg = cfg.get("env")
-    collect_rollout = functools.partial(rollout.collect, sampler)
-    if episodes.enabled(env_cfg):
-        sampling = dict(
-            max_tokens=cfg.max_new_tokens,
-            max_turn_tokens=env_cfg.max_turn_tokens,
-            max_observation_tokens=env_cfg.max_observation_tokens,
-            temperature=cfg.temperature,
-            top_k=cfg.top_k,
-            top_p=cfg.top_p,
-        )
-        episode_args = {"model_cfg": model_cfg, "sampling": sampling}
-        collect_rollout = functools.partial(
-            episodes.collect, episode_args, episodes.make_env(env_cfg)
-        )
+    collect_rollout = episodes.collector(cfg, model_cfg, sampler, data.name)
 
     def lp_fn(params, prompt, prompt_mask, response, mask, attention_mask=None):
         return response_logprobs(

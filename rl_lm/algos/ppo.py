@@ -58,6 +58,7 @@ from jax.sharding import Mesh
 from rl_lm import parallel, tasks
 from rl_lm.algos import (
     common,
+    episodes,
     ppo_episodes,
     ppo_loss,
     process_rewards,
@@ -236,7 +237,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         )
 
     collect_args = dict(mesh=mesh, tokenizer=tokenizer, num_generations=g)
-    collect_rollout = ppo_episodes.collector(cfg, policy_cfg, sampler)
+    collect_rollout = episodes.collector(cfg, policy_cfg, sampler, data.name)
 
     def score_rollout(state, prompts, key):
         """Samples and scores one global prompt batch; the host part is global."""

@@ -27,10 +27,9 @@ on).
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from rl_lm.algos import episodes, process_rewards, rm_rewards, rollout
+from rl_lm.algos import episodes, process_rewards, rm_rewards
 
 
 def problems(cfg: Any) -> list[str]:
@@ -50,24 +49,6 @@ def problems(cfg: Any) -> list[str]:
             "the observations were; use ppo.reward.source='verifiable'"
         )
     return out
-
-
-def collector(cfg: Any, policy_cfg: Any, sampler: Any):
-    """`rollout.collect` of the single-turn sampler, or `episodes.collect` with ppo.env set;
-    both called as (params, prompts, key, *, mesh, tokenizer, num_generations)."""
-    env = cfg.get("env")
-    if not episodes.enabled(env):
-        return functools.partial(rollout.collect, sampler)
-    sampling = dict(
-        max_tokens=cfg.max_new_tokens,
-        max_turn_tokens=env.max_turn_tokens,
-        max_observation_tokens=env.max_observation_tokens,
-        temperature=cfg.temperature,
-        top_k=cfg.top_k,
-        top_p=cfg.top_p,
-    )
-    episode_args = {"model_cfg": policy_cfg, "sampling": sampling}
-    return functools.partial(episodes.collect, episode_args, episodes.make_env(env))
 
 
 def make_eval(config, mesh, policy_cfg, tokenizer, test_source, task):

@@ -21,9 +21,9 @@ right after `</call>`, OUTPUT = `lookup(name)`, not trainable) and answers:
 
 The table is a function of `entities` and `seed` alone (`table`), so the tool
 is built from the dataset's config (`make_lookup_tool(config)`). The tool that
-`rl_lm.algos.episodes.TOOLS["lookup"]` makes reads the default table (1000
-entities, seed 0): a run on a dataset with other `entities` or `seed` needs
-its own tool.
+`rl_lm.algos.episodes.TOOLS["lookup"]` makes reads the table of the run's own
+`data.name` (the default table, 1000 entities and seed 0, for a run on another
+dataset).
 
 Configs are named "lookup" plus every field that differs from its default,
 e.g. "lookup_train256_test32", "lookup_entities2000_seed1";

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from rl_lm.data import tool_arith
+from rl_lm.data import tool_arith, tool_lookup
 from rl_lm.rewards import synthetic
 
 # (prompts, responses_a, responses_b) -> P(a > b) per prompt, float [N].
@@ -117,9 +117,9 @@ def for_config(config: Any) -> Task:
 for _task in (
     Task("arithmetic", "arithmetic"),
     Task("chain", "chain"),
-    # Answers after "####"; the one calculator call a demonstration makes is known.
+    # Answers after "####"; the one call a demonstration makes is known.
     Task("tool_arith", "tool_arith", answer="marked", tool_calls=tool_arith.ground_truth_calls),
-    Task("tool_lookup", "tool_lookup", answer="marked"),  # answers after "####"
+    Task("tool_lookup", "tool_lookup", answer="marked", tool_calls=tool_lookup.ground_truth_calls),
     Task("jsonl", "jsonl"),
     Task(
         "sort_pref",

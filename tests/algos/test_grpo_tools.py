@@ -148,7 +148,7 @@ def test_trainer_gives_every_log_prob_the_attention_mask(tmp_path, monkeypatch):
     only if each sees the observations, so the ratio is 1 and the KL 0 to float precision."""
     from rl_lm import parallel
 
-    monkeypatch.setattr(episodes, "make_env", lambda cfg: ScriptedEnv())
+    monkeypatch.setattr(episodes, "make_env", lambda cfg, data_name="": ScriptedEnv())
     config = grpo_tool_arith.get_config("runlocal")
     config.unlock()
     config.data.data_dir = str(tmp_path / "data")

@@ -209,7 +209,7 @@ def test_trainer_gives_every_forward_the_attention_mask(tmp_path, monkeypatch):
     both KLs (to the reference, the update's approx_kl) are 0 to float precision."""
     from rl_lm import parallel
 
-    monkeypatch.setattr(episodes, "make_env", lambda cfg: ScriptedEnv())
+    monkeypatch.setattr(episodes, "make_env", lambda cfg, data_name="": ScriptedEnv())
     config = ppo_tool_arith.get_config("runlocal")
     config.unlock()
     config.data.data_dir = str(tmp_path / "data")

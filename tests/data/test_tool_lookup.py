@@ -109,6 +109,28 @@ def test_the_registered_tool_answers_through_the_environment():
     assert miss.observation == "<result>no entry for 'Qqqq'</result>"
 
 
+def test_the_tool_reads_the_runs_own_table():
+    cfg = episodes.default_config()
+    cfg.update(name="tools", tools="lookup", max_observation_tokens=64)
+    fields = dict(entities=50, seed=3, train_size=100, test_size=10)
+    name = tool_lookup.dataset_name(**fields)
+    row = tool_lookup.make_examples(tool_lookup.tool_lookup_config(**fields))["test"][0]
+    call, result = (t for t, _ in json.loads(row["segments"])[:2])
+    own = episodes.make_env(cfg, name)
+    assert own.step(own.reset(row)[1], call).observation == result
+    # The default table (a run on another dataset) does not know this entity's row.
+    default = episodes.make_env(cfg, "arithmetic/add3")
+    assert default.step(default.reset(row)[1], call).observation != result
+
+
+def test_the_task_knows_each_prompts_ground_truth_call():
+    row = _rows()["test"][0]
+    ((name, args),) = tasks.get("tool_lookup").tool_calls(row["prompt"])
+    call = json.loads(row["segments"])[0][0]
+    assert calls.parse_calls(call, calls.COMPACT)[0][:2] == (name, args)
+    assert tool_lookup.ground_truth_calls("what?") == []
+
+
 def test_exact_match_with_the_tasks_format():
     task = tasks.get("tool_lookup")
     assert task.answer == tool_lookup.ANSWER_FORMAT == "marked"
