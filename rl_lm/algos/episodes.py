@@ -100,6 +100,27 @@ def problems(cfg: Any, prefix: str) -> list[str]:
     return out
 
 
+def refusals(algo: str, *, process: bool, reward_model_field: str | None) -> list[str]:
+    """What an `algo` section (grpo or ppo) with episodes cannot combine, one line each.
+
+    Args:
+      algo: the section's name.
+      process: whether process rewards are on (their steps split sampled text, not episodes).
+      reward_model_field: the field that makes a learned reward model a source, or None.
+        The model would score the loss-masked response, which has holes where the
+        observations were, unlike anything it was trained on.
+    """
+    out = []
+    if process:
+        out.append(f"{algo}.process with {algo}.env: process rewards of episodes are not built")
+    if reward_model_field:
+        out.append(
+            f"{reward_model_field} with {algo}.env: the reward model would score responses "
+            "with holes where the observations were; use the verifiable reward"
+        )
+    return out
+
+
 def _tool_names(cfg: Any) -> list[str]:
     return [t.strip() for t in cfg.tools.split(",") if t.strip()]
 

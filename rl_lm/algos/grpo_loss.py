@@ -106,8 +106,15 @@ def validate(cfg: Any) -> None:
         if not off.is_cap >= 1.0:
             problems.append(f"grpo.off_policy.is_cap={off.is_cap} must be >= 1")
     problems += episodes.problems(cfg.get("env"), "grpo.env")
-    if episodes.enabled(cfg.get("env")) and process_rewards.enabled(cfg.get("process")):
-        problems.append("grpo.process with grpo.env: process rewards of episodes are not built")
+    if episodes.enabled(cfg.get("env")):
+        listed = cfg.get("reward_sources")
+        uses_rm = listed.get("reward_model", 0.0) if listed else cfg.reward_source != "verifiable"
+        field = "grpo.reward_sources" if listed else f"grpo.reward_source={cfg.reward_source!r}"
+        problems += episodes.refusals(
+            "grpo",
+            process=process_rewards.enabled(cfg.get("process")),
+            reward_model_field=field if uses_rm else None,
+        )
     if episodes.enabled(cfg.get("env")) and cfg.overlong_cache:
         problems.append(
             "grpo.overlong_cache with grpo.env: the overlong shaping counts sampled tokens, "

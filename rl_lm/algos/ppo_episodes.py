@@ -38,17 +38,13 @@ def problems(cfg: Any) -> list[str]:
     out = episodes.problems(env, "ppo.env")
     if not episodes.enabled(env):
         return out
-    if process_rewards.enabled(cfg.get("process")):
-        out.append("ppo.process with ppo.env: process rewards of episodes are not built")
     listed = cfg.get("reward_sources")
     uses_rm = listed.get("reward_model", 0.0) if listed else cfg.reward.source != "verifiable"
-    if uses_rm:
-        field = "ppo.reward_sources" if listed else f"ppo.reward.source={cfg.reward.source!r}"
-        out.append(
-            f"{field} with ppo.env: the reward model would score responses with holes where "
-            "the observations were; use ppo.reward.source='verifiable'"
-        )
-    return out
+    field = "ppo.reward_sources" if listed else f"ppo.reward.source={cfg.reward.source!r}"
+    process = process_rewards.enabled(cfg.get("process"))
+    return out + episodes.refusals(
+        "ppo", process=process, reward_model_field=field if uses_rm else None
+    )
 
 
 def make_eval(config, mesh, policy_cfg, tokenizer, test_source, task):

@@ -186,3 +186,25 @@ def test_off_policy_steps_refused_until_the_pipeline_exists():
     cfg.off_policy.is_cap = 0.5
     with pytest.raises(ValueError, match="is_cap=0.5 must be >= 1"):
         grpo_loss.validate(cfg)
+
+
+def test_episodes_refuse_what_they_cannot_combine_with():
+    cfg = grpo_loss.default_config()
+    cfg.env.name = "tools"
+    grpo_loss.validate(cfg)  # the verifiable reward
+    cfg.process.source = "strict"
+    cfg.reward_source = "both"
+    cfg.overlong_cache = 4
+    with pytest.raises(ValueError) as err:
+        grpo_loss.validate(cfg)
+    for part in (
+        "grpo.process with grpo.env",
+        "grpo.reward_source='both' with grpo.env",
+        "grpo.overlong_cache with grpo.env",
+    ):
+        assert part in str(err.value)
+    cfg = grpo_loss.default_config()
+    cfg.env.name = "tools"
+    cfg.reward_sources = {"verifiable": 1.0, "reward_model": 0.5}
+    with pytest.raises(ValueError, match="grpo.reward_sources with grpo.env"):
+        grpo_loss.validate(cfg)
