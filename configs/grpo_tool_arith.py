@@ -40,10 +40,10 @@ from rl_lm.algos import grpo_loss
 # reward=... -> grpo.reward_sources. Each arm logs the other's terms at weight 0,
 # so ToolRL's terms and the exact match are on every arm's curves.
 REWARDS = {
-    "outcome": {"verifiable": 1.0, "toolrl": 0.0},
-    "retool": {"retool": 1.0, "verifiable": 0.0, "toolrl": 0.0},
-    "toolrl": {"toolrl": 1.0, "verifiable": 0.0},
-    "toolrl_outcome": {"toolrl": 1.0, "verifiable": 1.0},
+    "outcome": "verifiable=1,toolrl=0",
+    "retool": "retool=1,verifiable=0,toolrl=0",
+    "toolrl": "toolrl=1,verifiable=0",
+    "toolrl_outcome": "toolrl=1,verifiable=1",
 }
 
 

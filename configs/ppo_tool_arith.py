@@ -56,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.ppo.kl.coef = 0.05
     if arg.tool:
         config.ppo.env.update(name="tools", tools="calculator", max_turns=4)
-        config.ppo.reward_sources = dict(grpo.grpo.reward_sources)
+        config.ppo.reward_sources = grpo.grpo.reward_sources
     config.optim = base.optim(lr=1e-4, warmup_steps=10, schedule="cosine")
     config.train = base.train(
         num_steps=200, log_every=10, eval_every=50, ckpt_every=50, eval_at_start=True

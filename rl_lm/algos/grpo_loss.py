@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rl_lm.algos import episodes, process_rewards, rm_rewards
+from rl_lm.algos import episodes, process_rewards, rm_rewards, source_spec
 from rl_lm.core import advantages, aggregation, importance, kl, losses
 from rl_lm.models.config import ModelConfig
 from rl_lm.sampling.logprobs import response_logprobs
@@ -60,6 +60,9 @@ def default_config() -> ml_collections.ConfigDict:
             "env": episodes.default_config(),
             # OTC's alpha: weight of the tool-efficiency reward of episodes; 0 = off.
             "tool_efficiency": 0.0,
+            # The reward sources summed, "name=weight,..." (rl_lm.algos.source_spec);
+            # "" = reward_source / rewards / reward_fns above.
+            "reward_sources": "",
         }
     )
 
@@ -107,7 +110,7 @@ def validate(cfg: Any) -> None:
             problems.append(f"grpo.off_policy.is_cap={off.is_cap} must be >= 1")
     problems += episodes.problems(cfg.get("env"), "grpo.env")
     if episodes.enabled(cfg.get("env")):
-        listed = cfg.get("reward_sources")
+        listed = source_spec.listed(cfg, "grpo")
         uses_rm = listed.get("reward_model", 0.0) if listed else cfg.reward_source != "verifiable"
         field = "grpo.reward_sources" if listed else f"grpo.reward_source={cfg.reward_source!r}"
         problems += episodes.refusals(

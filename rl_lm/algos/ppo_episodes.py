@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rl_lm.algos import episodes, process_rewards, rm_rewards
+from rl_lm.algos import episodes, process_rewards, rm_rewards, source_spec
 
 
 def problems(cfg: Any) -> list[str]:
@@ -38,7 +38,7 @@ def problems(cfg: Any) -> list[str]:
     out = episodes.problems(env, "ppo.env")
     if not episodes.enabled(env):
         return out
-    listed = cfg.get("reward_sources")
+    listed = source_spec.listed(cfg, "ppo")
     uses_rm = listed.get("reward_model", 0.0) if listed else cfg.reward.source != "verifiable"
     field = "ppo.reward_sources" if listed else f"ppo.reward.source={cfg.reward.source!r}"
     process = process_rewards.enabled(cfg.get("process"))

@@ -98,6 +98,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.process = default_process_config()  # off: source="none"
     # Multi-turn tool episodes (rl_lm.algos.ppo_episodes); name "" = single-turn.
     config.env = episodes.default_config()
+    config.reward_sources = ""  # "name=weight,..." (rl_lm.algos.source_spec); "" = reward
     return config
 
 

@@ -33,18 +33,16 @@ GradientTransformation: `init() -> state` and
 `score` sums it in that order, so GRPO and PPO call the same two functions. A config names its
 sources either by the existing fields (`grpo.reward_source`, `grpo.rewards`,
 `grpo.reward_fns`, `grpo.overlong_cache`; `ppo.reward.source`,
-`ppo.reward.verifiable`, `ppo.reward.reward_fns`) or by an optional
-`<algo>.reward_sources` mapping of source names to weights, e.g.
-{"verifiable": 1.0, "reward_model": 0.5}, which replaces the source field;
-the shaping knobs `overlong_cache` and `tool_efficiency` still add their
-sources when the listing does not weight them.
-The default sections (`grpo_loss.default_config`, `ppo_loss.default_config`)
-do not hold that field, so a config file sets it before the config is locked.
+`ppo.reward.verifiable`, `ppo.reward.reward_fns`) or by the
+`<algo>.reward_sources` listing of source names and weights
+(`rl_lm.algos.source_spec`), e.g. "verifiable=1,reward_model=0.5", which
+replaces the source field; the shaping knobs `overlong_cache` and
+`tool_efficiency` still add their sources when the listing does not weight
+them.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -52,7 +50,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rl_lm import parallel, tasks
-from rl_lm.algos import grpo_loss, rm_rewards
+from rl_lm.algos import grpo_loss, rm_rewards, source_spec
 from rl_lm.algos.rollout import Rollout
 from rl_lm.models.config import ModelConfig
 from rl_lm.models.transformer import Params
@@ -60,16 +58,7 @@ from rl_lm.rewards import tool_rewards, user
 from rl_lm.rewards import verifiable as checks
 from rl_lm.tools import calls
 
-# The sources a config may name, in the order the existing fields sum them.
-NAMES = (
-    "overlong",
-    "verifiable",
-    "reward_model",
-    "true_reward",
-    "tool_efficiency",
-    "toolrl",
-    "retool",
-)
+NAMES = source_spec.NAMES
 
 
 class RewardSource(NamedTuple):
@@ -218,9 +207,9 @@ def weights(config: Any, algo: str) -> dict[str, float]:
       ValueError: one line naming the field, for an unknown source or a bad weight.
     """
     cfg = config[algo]
-    listed = cfg.get("reward_sources")
+    listed = source_spec.listed(cfg, algo)
     if listed:
-        out = _checked_weights(dict(listed), f"{algo}.reward_sources")
+        out = dict(listed)
         # The shaping knobs add their sources unless the listing weights them itself.
         if cfg.get("overlong_cache", 0) > 0:
             out.setdefault("overlong", 1.0)
@@ -321,19 +310,6 @@ def _build(name, weight, config, algo, mesh, init_from, task) -> Weighted:
             f"{algo}.reward_sources names 'true_reward', but task {task.name!r} has none."
         )
     return Weighted(name, weight, true_reward(task.true_reward))
-
-
-def _checked_weights(listed: dict[str, Any], field: str) -> dict[str, float]:
-    unknown = sorted(set(listed) - set(NAMES))
-    if unknown:
-        raise ValueError(f"{field}: unknown source(s) {unknown}; known sources: {list(NAMES)}.")
-    for name, weight in listed.items():
-        if isinstance(weight, bool) or not isinstance(weight, int | float):
-            raise ValueError(f"{field}.{name}={weight!r}: a weight must be a number.")
-        if not math.isfinite(weight):
-            raise ValueError(f"{field}.{name}={weight}: a weight must be finite.")
-    # A ConfigDict does not keep its keys' order: the sum runs in NAMES order.
-    return {name: float(listed[name]) for name in NAMES if name in listed}
 
 
 def state_init(sources: Sequence[Weighted], key: str) -> Callable[[], Any] | None:

@@ -205,6 +205,6 @@ def test_episodes_refuse_what_they_cannot_combine_with():
         assert part in str(err.value)
     cfg = grpo_loss.default_config()
     cfg.env.name = "tools"
-    cfg.reward_sources = {"verifiable": 1.0, "reward_model": 0.5}
+    cfg.reward_sources = "verifiable=1,reward_model=0.5"
     with pytest.raises(ValueError, match="grpo.reward_sources with grpo.env"):
         grpo_loss.validate(cfg)

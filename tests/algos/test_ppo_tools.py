@@ -197,7 +197,7 @@ def test_env_config_is_validated():
     cfg.env.name = "tools"
     cfg.reward.source = "verifiable"
     ppo_loss.validate(cfg)
-    cfg.reward_sources = {"verifiable": 1.0, "reward_model": 0.5}
+    cfg.reward_sources = "verifiable=1,reward_model=0.5"
     with pytest.raises(ValueError, match="ppo.reward_sources with ppo.env"):
         ppo_loss.validate(cfg)
 

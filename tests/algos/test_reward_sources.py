@@ -183,7 +183,7 @@ def test_listed_sources_replace_the_source_field_and_sum_in_a_fixed_order():
     config = grpo_synthetic.get_config("runlocal")
     config.unlock()
     config.grpo.overlong_cache = 2
-    config.grpo.reward_sources = {"reward_model": 0.5, "overlong": 1.0, "true_reward": 2.0}
+    config.grpo.reward_sources = "reward_model=0.5, overlong,true_reward=2"
     want = {"overlong": 1.0, "reward_model": 0.5, "true_reward": 2.0}
     assert list(reward_sources.weights(config, "grpo").items()) == list(want.items())
     sources = reward_sources.from_config(
@@ -203,11 +203,12 @@ def test_listed_sources_replace_the_source_field_and_sum_in_a_fixed_order():
 @pytest.mark.parametrize(
     "listed, match",
     [
-        ({"learned": 1.0}, r"grpo.reward_sources: unknown source\(s\) \['learned'\]"),
-        ({"verifiable": "1"}, "grpo.reward_sources.verifiable='1': a weight must be a number"),
-        ({"verifiable": float("nan")}, "grpo.reward_sources.verifiable=nan: .* finite"),
-        ({"overlong": 1.0}, "names 'overlong', which needs grpo.overlong_cache > 0"),
-        ({"true_reward": 1.0}, "names 'true_reward', but task 'arithmetic' has none"),
+        ("learned=1", r"grpo.reward_sources: unknown source\(s\) \['learned'\]"),
+        ("verifiable=one", "grpo.reward_sources: verifiable='one': a weight must be a number"),
+        ("verifiable=nan", "grpo.reward_sources: verifiable=nan: .* finite"),
+        ("verifiable=1,verifiable=2", "grpo.reward_sources: 'verifiable' is listed twice"),
+        ("overlong=1", "names 'overlong', which needs grpo.overlong_cache > 0"),
+        ("true_reward", "names 'true_reward', but task 'arithmetic' has none"),
     ],
 )
 def test_listed_sources_fail_in_one_line_naming_the_field(listed, match):
@@ -224,7 +225,7 @@ def test_listed_sources_fail_in_one_line_naming_the_field(listed, match):
 def test_listed_reward_model_needs_a_reward_model_section():
     config = grpo_arith.get_config("runlocal")
     config.unlock()
-    config.grpo.reward_sources = {"reward_model": 1.0}
+    config.grpo.reward_sources = "reward_model=1"
     with pytest.raises(ValueError, match="grpo.reward_sources='reward_model' needs a reward_model"):
         reward_sources.reward_model_config(config, "grpo")
     assert rm_rewards.model_config(config, "verifiable", "grpo.reward_source") is None

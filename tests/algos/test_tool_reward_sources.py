@@ -7,10 +7,11 @@ import pytest
 
 from configs import base, grpo_arith, grpo_tool_arith
 from rl_lm import parallel, tasks
-from rl_lm.algos import reward_sources
+from rl_lm.algos import reward_sources, source_spec
 from rl_lm.algos.rollout import Rollout
 from rl_lm.data import tool_arith
 from rl_lm.models.tokenizer import ByteTokenizer
+from tests.launch_helpers import last_line, run_launch
 
 
 def _rollout(texts, answers):
@@ -106,7 +107,7 @@ def test_config_reward_argument_names_the_sources(reward, want):
 def test_toolrl_needs_a_task_with_ground_truth_calls():
     config = grpo_arith.get_config("runlocal")
     config.unlock()
-    config.grpo.reward_sources = {"toolrl": 1.0}
+    config.grpo.reward_sources = "toolrl"
     mesh = parallel.make_mesh(base.mesh())
     with pytest.raises(ValueError, match="no ground-truth tool calls"):
         reward_sources.from_config(
@@ -131,5 +132,27 @@ def test_listed_sources_keep_the_tool_efficiency_knob():
         "tool_efficiency": 0.5,
         "toolrl": 1.0,
     }
-    config.grpo.reward_sources = {"verifiable": 1.0, "tool_efficiency": 2.0}
+    config.grpo.reward_sources = "verifiable=1,tool_efficiency=2"
     assert reward_sources.weights(config, "grpo")["tool_efficiency"] == 2.0
+
+
+def test_a_listing_is_a_string_of_names_and_weights_summed_in_a_fixed_order():
+    parse = lambda v: source_spec.parse(v, "grpo.reward_sources")
+    assert parse("toolrl=0.5, verifiable") == {"verifiable": 1.0, "toolrl": 0.5}
+    assert parse({"retool": 2, "overlong": 1.0}) == {"overlong": 1.0, "retool": 2.0}
+    assert parse("") == parse(None) == {}
+    assert source_spec.parse(source_spec.format_weights({"toolrl": 0.25}), "f") == {"toolrl": 0.25}
+    with pytest.raises(ValueError, match="'toolrl' is listed twice"):
+        parse("toolrl=1,toolrl=2")
+
+
+@pytest.mark.slow
+def test_a_listing_is_set_from_the_command_line(tmp_path):
+    out = run_launch(
+        "launch.train",
+        "--config=configs/grpo_arith.py:runlocal",
+        f"--workdir={tmp_path / 'run'}",
+        "--config.grpo.reward_sources=verifiable=1,learned=2",
+    )
+    assert out.returncode != 0
+    assert "grpo.reward_sources: unknown source(s) ['learned']" in last_line(out)
