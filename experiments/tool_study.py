@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from rl_lm.analysis import seeds
+from experiments.arms_table import arm_runs, at_step, cell
 
 ARMS = ("notool", "tool", "otc_off", "otc_on")
 TOOLRL_ARMS = ("outcome", "toolrl", "toolrl_outcome")
@@ -46,20 +46,6 @@ TOOLRL_FIGURE = (
 )
 
 
-def _runs(root: Path, arm: str) -> dict:
-    dirs = sorted((root / arm).glob("seed_*"))
-    return seeds.load_runs({d.name.removeprefix("seed_"): d for d in dirs}) if dirs else {}
-
-
-def _cell(values, scale: float) -> str:
-    if not len(values):
-        return "-"
-    iv = seeds.interval(list(values))
-    if iv.n > 1 and iv.sd == 0:  # every seed the same: no spread to show
-        return f"{iv.mean * scale:.4g} ± 0 ({iv.n} seeds)"
-    return seeds.format_interval(iv, scale=scale)
-
-
 def table(root: Path) -> str:
     rows = [
         "| arm | seeds | accuracy start | accuracy after GRPO | calls start | calls after GRPO "
@@ -67,24 +53,18 @@ def table(root: Path) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for arm in ARMS:
-        runs = _runs(root, arm)
+        runs = arm_runs(root, arm)
         if not runs:
             continue
         cells = []
         for key, _, scale in PANELS:
             curves = [m[key] for m in runs.values() if key in m]
-            cells.append(_cell([c.values[0] for c in curves], scale))
-            cells.append(_cell([c.values[-1] for c in curves], scale))
+            cells.append(cell([c.values[0] for c in curves], scale))
+            cells.append(cell([c.values[-1] for c in curves], scale))
         sampled = [m["tool/calls"].values[-1] for m in runs.values() if "tool/calls" in m]
-        cells.append(_cell(sampled, 1.0))
+        cells.append(cell(sampled, 1.0))
         rows.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
-
-
-def _at(curve, step: int) -> float:
-    """The curve's value at the last logged step <= `step`."""
-    k = int(np.searchsorted(curve.steps, step, side="right")) - 1
-    return float(curve.values[max(k, 0)])
 
 
 def toolrl_table(root: Path, mid: int) -> str:
@@ -96,14 +76,17 @@ def toolrl_table(root: Path, mid: int) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for arm in TOOLRL_ARMS:
-        runs = _runs(root, arm)
+        runs = arm_runs(root, arm)
         if not runs:
             continue
         acc = [m["eval/accuracy"] for m in runs.values() if "eval/accuracy" in m]
-        cells = [_cell([c.values[0] for c in acc], 100.0), _cell([_at(c, mid) for c in acc], 100.0)]
-        cells.append(_cell([c.values[-1] for c in acc], 100.0))
+        cells = [
+            cell([c.values[0] for c in acc], 100.0),
+            cell([at_step(c, mid) for c in acc], 100.0),
+            cell([c.values[-1] for c in acc], 100.0),
+        ]
         for key, scale in (("train_accuracy", 100.0), ("reward_toolrl", 1.0)):
-            cells.append(_cell([m[key].values[-1] for m in runs.values() if key in m], scale))
+            cells.append(cell([m[key].values[-1] for m in runs.values() if key in m], scale))
         rows.append(f"| {arm} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -113,7 +96,7 @@ def figure(root: Path, arms=ARMS, panels=FIGURE) -> Figure:
     axes = fig.subplots(1, len(panels))
     for ax, (key, label, scale) in zip(axes, panels, strict=True):
         for i, arm in enumerate(arms):
-            curves = [m[key] for m in _runs(root, arm).values() if key in m]
+            curves = [m[key] for m in arm_runs(root, arm).values() if key in m]
             if not curves:
                 continue
             color = f"C{i}"
