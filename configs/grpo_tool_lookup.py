@@ -24,9 +24,10 @@ CPU smoke run:
 
     python -m launch.train --config=configs/grpo_tool_lookup.py:runlocal --workdir=/tmp/lookup_smoke
 
-The registered "lookup" tool reads the table of the run's own data.name, so
---config.data.name=tool_lookup/lookup_entities200_seed3 is answered from that
-table.
+The registered "lookup" tool reads the table of the run's own data.name. The
+SFT stage's dataset is copied into config.warm_start when the config is built,
+so another table needs both: --config.data.name=tool_lookup/lookup_entities200_seed3
+--config.warm_start.data.name=tool_lookup/lookup_entities200_seed3.
 """
 
 import ml_collections

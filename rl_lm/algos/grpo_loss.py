@@ -111,7 +111,7 @@ def validate(cfg: Any) -> None:
     problems += episodes.problems(cfg.get("env"), "grpo.env")
     if episodes.enabled(cfg.get("env")):
         listed = source_spec.listed(cfg, "grpo")
-        uses_rm = listed.get("reward_model", 0.0) if listed else cfg.reward_source != "verifiable"
+        uses_rm = "reward_model" in listed if listed else cfg.reward_source != "verifiable"
         field = "grpo.reward_sources" if listed else f"grpo.reward_source={cfg.reward_source!r}"
         problems += episodes.refusals(
             "grpo",

@@ -39,7 +39,7 @@ def problems(cfg: Any) -> list[str]:
     if not episodes.enabled(env):
         return out
     listed = source_spec.listed(cfg, "ppo")
-    uses_rm = listed.get("reward_model", 0.0) if listed else cfg.reward.source != "verifiable"
+    uses_rm = "reward_model" in listed if listed else cfg.reward.source != "verifiable"
     field = "ppo.reward_sources" if listed else f"ppo.reward.source={cfg.reward.source!r}"
     process = process_rewards.enabled(cfg.get("process"))
     return out + episodes.refusals(

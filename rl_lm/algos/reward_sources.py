@@ -162,9 +162,12 @@ def toolrl(tool_calls: tasks.ToolCallsFn, fmt: str, answer_format: str) -> Rewar
     """ToolRL's reward of each episode: its calls against `tool_calls(prompt)`.
 
     The calls are parsed from the sampled text (observations are not in it);
-    the format term is 1 when every call parsed and the text ends in an answer
+    the format term is 1 when every call parsed and the text holds an answer
     `verifiable.extract_answer` finds (our reading of ToolRL's "tags in order"
-    for the compact and Hermes formats).
+    for the compact and Hermes formats; a call written after the answer is
+    not refused). Tool names are matched as sets, as the paper writes
+    (`tool_rewards.toolrl_reward`); ToolRL's released code counts them as a
+    multiset, so there a repeated call halves r_name.
     """
     keys = ("format", "name", "param", "value", "correctness")
 

@@ -111,13 +111,15 @@ def from_samples(
     global device or host arrays) for the prompt batch `prompts`, G samples per prompt."""
     rows = parallel.batch_sharding(mesh)
     put = lambda x: jax.device_put(x, rows)
-    host_response, host_mask = parallel.to_host(put(out.tokens)), parallel.to_host(put(out.mask))
+    host = lambda x: x if isinstance(x, np.ndarray) else parallel.to_host(x)
+    response, mask = put(out.tokens), put(out.mask)
+    host_response, host_mask = host(out.tokens), host(out.mask)
     answers = np.repeat(np.asarray(prompts["answer"], dtype=object), num_generations)
     return Rollout(
         prompt=put(out.prompt),
         prompt_mask=put(out.prompt_mask),
-        response=put(out.tokens),
-        mask=put(out.mask),
+        response=response,
+        mask=mask,
         lp_sample=put(out.logprobs),
         host_response=host_response,
         host_mask=host_mask,

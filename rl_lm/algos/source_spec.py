@@ -32,7 +32,8 @@ def parse(value: str | Mapping[str, Any] | None, field: str) -> dict[str, float]
 
     Raises:
       ValueError: one line naming `field`, for an unknown source, a weight that is
-        not a finite number, or a name listed twice.
+        not a finite number, a name listed twice, a non-empty value that lists
+        nothing, or a listing whose weights are all 0.
     """
     if isinstance(value, Mapping):
         items = list(value.items())
@@ -60,6 +61,12 @@ def parse(value: str | Mapping[str, Any] | None, field: str) -> dict[str, float]
         if not math.isfinite(weight):
             raise ValueError(f"{field}: {name}={weight}: a weight must be finite.")
         out[name] = float(weight)
+    if value and not out:
+        raise ValueError(f"{field}={value!r} lists no source; e.g. 'verifiable=1,toolrl=0.5'.")
+    if out and not any(out.values()):
+        raise ValueError(
+            f"{field}={value!r} weights every source 0: the reward would be 0 for every sample."
+        )
     return {name: out[name] for name in NAMES if name in out}
 
 

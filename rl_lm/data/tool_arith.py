@@ -224,17 +224,23 @@ def observation(output: str) -> str:
     return f"<result>{output}</result>"
 
 
-_PROMPT = re.compile(r"(\d+[-+*]\d+)=\s*$")
+_PROMPT = re.compile(r"(\d+[-+*]\d+)=")
 
 
 def ground_truth_calls(prompt: str) -> list[tuple[str, dict[str, str]]]:
     """The one call a demonstration of `prompt` makes: [("calculator", {"expression": ...})].
 
-    `prompt` is the prompt text ("865*673=", special tokens stripped); a text
-    that is no tool_arith prompt has no ground-truth call ([]).
+    `prompt` is the prompt text ("865*673=", or inside a chat template's turn);
+    the last problem in it counts.
+
+    Raises:
+      ValueError: for a text with no problem: every tool_arith prompt needs a call,
+        and scoring such a text as needing none would pay a call-less answer.
     """
-    m = _PROMPT.search(prompt)
-    return [(TOOL, {"expression": m[1]})] if m else []
+    found = _PROMPT.findall(prompt)
+    if not found:
+        raise ValueError(f"no tool_arith problem ('865*673=') in the prompt {prompt[-80:]!r}.")
+    return [(TOOL, {"expression": found[-1]})]
 
 
 def demonstration(expression: str, answer: str, calls_made: int) -> list[tuple[str, int]]:

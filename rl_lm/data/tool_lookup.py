@@ -240,17 +240,22 @@ def prompt(name: str, attribute: str) -> str:
     return f"{attribute} of {name}?"
 
 
-_PROMPT = re.compile(rf"(?:{'|'.join(ATTRIBUTES)}) of (\w+)\?\s*$")
+_PROMPT = re.compile(rf"(?:{'|'.join(ATTRIBUTES)}) of (\w+)\?")
 
 
 def ground_truth_calls(prompt: str) -> list[tuple[str, dict[str, str]]]:
     """The one call a demonstration of `prompt` makes: [("lookup", {"name": ...})].
 
-    `prompt` is the prompt text ("code of Zorvak?", special tokens stripped); a
-    text that is no tool_lookup prompt has no ground-truth call ([]).
+    `prompt` is the prompt text ("code of Zorvak?", or inside a chat template's
+    turn); the last question in it counts.
+
+    Raises:
+      ValueError: for a text with no question: every tool_lookup prompt needs a call.
     """
-    m = _PROMPT.search(prompt)
-    return [(TOOL, {"name": m[1]})] if m else []
+    found = _PROMPT.findall(prompt)
+    if not found:
+        raise ValueError(f"no tool_lookup question ('code of Zorvak?') in {prompt[-80:]!r}.")
+    return [(TOOL, {"name": found[-1]})]
 
 
 def make_examples(config: ToolLookupConfig) -> dict[str, list[dict[str, str]]]:

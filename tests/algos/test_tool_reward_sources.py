@@ -36,7 +36,8 @@ CALL = "<call>calculator(expression='865*673')</call>"
 # correctness = 6 * (name + param + value) / 3 - 3.
 CASES = [
     (CALL + "#### 582145", 1, 1, 1, 1, 1 + 3),  # the right call and an answer
-    (CALL + CALL + "#### 582145", 1, 1, 1, 1, 1 + 3),  # a redundant call costs nothing
+    # Names matched as sets (the paper's text): a redundant call costs nothing.
+    (CALL + CALL + "#### 582145", 1, 1, 1, 1, 1 + 3),
     ("<call>calculator(expression='865*674')</call>#### 7", 1, 1, 1, 0, 1 + 1),  # wrong value
     ("<call>calculator(expr='865*673')</call>#### 7", 1, 1, 0, 0, 1 - 1),  # wrong key
     ("<call>calculator(expression='865*673')</call>", 0, 1, 1, 1, 0 + 3),  # no answer
@@ -80,7 +81,10 @@ def test_tool_arith_ground_truth_call_of_a_decoded_prompt():
     prompts = {"prompt": ids, "prompt_mask": np.ones_like(ids)}
     (text,) = reward_sources.prompt_texts(tok, prompts, 1)
     assert tool_arith.ground_truth_calls(text) == [("calculator", {"expression": "865*673"})]
-    assert tool_arith.ground_truth_calls("no problem here") == []
+    with pytest.raises(ValueError, match="no tool_arith problem"):
+        tool_arith.ground_truth_calls("no problem here")
+    chat = "<|im_start|>user\n865*673=<|im_end|>\n<|im_start|>assistant\n"
+    assert tool_arith.ground_truth_calls(chat) == [("calculator", {"expression": "865*673"})]
     # The demonstration's own call is the ground truth.
     demo = tool_arith.demonstration("865*673", "582145", 1)
     assert demo[0][0] == CALL
@@ -156,3 +160,12 @@ def test_a_listing_is_set_from_the_command_line(tmp_path):
     )
     assert out.returncode != 0
     assert "grpo.reward_sources: unknown source(s) ['learned']" in last_line(out)
+
+
+@pytest.mark.parametrize(
+    "value, match",
+    [(" , ", "lists no source"), ("verifiable=0,toolrl=0", "weights every source 0")],
+)
+def test_a_listing_that_scores_nothing_is_refused(value, match):
+    with pytest.raises(ValueError, match=match):
+        source_spec.parse(value, "grpo.reward_sources")

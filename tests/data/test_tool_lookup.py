@@ -34,7 +34,8 @@ def test_demonstration_by_hand():
     assert tool_lookup.demonstration(entry, "city")[2] == ("#### Belmo", 1)
     assert tool_lookup.prompt("Zorvak", "year") == "year of Zorvak?"
     assert tool_lookup.ground_truth_calls("year of Zorvak?") == [("lookup", {"name": "Zorvak"})]
-    assert tool_lookup.ground_truth_calls("123*456=") == []
+    with pytest.raises(ValueError, match="no tool_lookup question"):
+        tool_lookup.ground_truth_calls("123*456=")
 
 
 def test_table_is_deterministic_and_random():
@@ -128,7 +129,10 @@ def test_the_task_knows_each_prompts_ground_truth_call():
     ((name, args),) = tasks.get("tool_lookup").tool_calls(row["prompt"])
     call = json.loads(row["segments"])[0][0]
     assert calls.parse_calls(call, calls.COMPACT)[0][:2] == (name, args)
-    assert tool_lookup.ground_truth_calls("what?") == []
+    with pytest.raises(ValueError, match="no tool_lookup question"):
+        tool_lookup.ground_truth_calls("what?")
+    chat = "<|im_start|>user\ncode of Zorvak?<|im_end|>\n<|im_start|>assistant\n"
+    assert tool_lookup.ground_truth_calls(chat) == [("lookup", {"name": "Zorvak"})]
 
 
 def test_exact_match_with_the_tasks_format():
