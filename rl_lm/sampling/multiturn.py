@@ -110,12 +110,15 @@ def _stop_table(stop_sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np
     return table, lengths, w
 
 
-def _segment(params, layers, carry: _Carry, u_NxR, *, cfg, settings) -> _Carry:
+def _segment(params, carry: _Carry, u_NxR, *, cfg, settings) -> _Carry:
     """Runs decode steps until some row waits, every row is done, or the slots run out.
 
-    `layers` is `unstack_layers(params, cfg)`, sliced once per rollout by the caller.
+    The layers are sliced here, inside the jit, not once per rollout: a jit that
+    returned the slices would keep a second copy of every layer's weights alive
+    for the whole rollout.
     """
     (r, p, temperature, top_k, top_p, eos, pad_id, turn_budget, stops) = settings
+    layers = unstack_layers(params, cfg)
     table, stop_len, _ = _stop_table(stops)
     n = carry.count.shape[0]
     rows = jnp.arange(n)
@@ -181,7 +184,7 @@ def _segment(params, layers, carry: _Carry, u_NxR, *, cfg, settings) -> _Carry:
 
 @functools.lru_cache(maxsize=16)
 def _jitted_segment(cfg: ModelConfig, settings: tuple):
-    return jax.jit(functools.partial(_segment, cfg=cfg, settings=settings), donate_argnums=2)
+    return jax.jit(functools.partial(_segment, cfg=cfg, settings=settings), donate_argnums=1)
 
 
 @functools.lru_cache(maxsize=16)
@@ -191,8 +194,7 @@ def _jitted_start(cfg: ModelConfig, r: int, g: int, temperature: float):
         b, p = prompt_BxP.shape
         z_NxV, cache = prefill(params, cfg, prompt_BxP, prompt_mask_BxP.astype(bool), p + r, g)
         u_NxR = None if temperature == 0 else _uniforms(_prompt_keys(rng, b), g, r)
-        # Sliced once per rollout, not in every segment (every host round trip).
-        return z_NxV, cache, u_NxR, unstack_layers(params, cfg)
+        return z_NxV, cache, u_NxR
 
     return start
 
@@ -272,7 +274,7 @@ def sample_multiturn(
         turn_budget,
         stops,
     )
-    z_NxV, cache, u_NxR, layers = _jitted_start(cfg, r, g, temperature)(
+    z_NxV, cache, u_NxR = _jitted_start(cfg, r, g, temperature)(
         params, prompt_BxP, prompt_mask_BxP, rng
     )
     n, f = b * g, max_observation_tokens
@@ -291,7 +293,7 @@ def sample_multiturn(
     turns, obs_tokens, truncated = np.zeros(n, np.int32), np.zeros(n, np.int32), np.zeros(n, bool)
     segments = 0
     while True:
-        carry = segment(params, layers, carry, u_NxR)
+        carry = segment(params, carry, u_NxR)
         segments += 1
         host = jax.device_get(
             {
