@@ -15,6 +15,12 @@ the assistant turn, the tool messages, the next assistant header). The
 rollout's `texts` are what the model wrote (its sampled tokens only), so an
 answer check never credits a tool's output; the environment's reward terms and
 tool metrics come per row in `Rollout.episode`.
+
+In a multi-process run every process reads the whole prompt batch and runs the
+same sampler loop; each process steps the environments of its own block of rows
+only (`own_rows`: every call runs once in the job), and the observations and
+the final reward terms are exchanged (`allgather_json`), so every process feeds
+every row the same ids and ends with the same terms for all N rows.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from rl_lm.algos.rollout import Rollout
 from rl_lm.data import chat, tool_lookup
 from rl_lm.envs.tool_env import ToolEnv
 from rl_lm.models.tokenizer import ByteTokenizer
+from rl_lm.parallel.sharding import allgather_json
 from rl_lm.rewards import verifiable
 from rl_lm.sampling.multiturn import MultiTurnOutput, sample_multiturn
 from rl_lm.tools import calculator, sandbox
@@ -157,12 +164,29 @@ def collector(cfg: Any, model_cfg: Any, sampler: Any, data_name: str):
     return functools.partial(collect, episode_args, make_env(env, data_name))
 
 
+def own_rows(n: int) -> range:
+    """The rows of n whose environments this process steps: block `jax.process_index()`
+    of `jax.process_count()` contiguous blocks (all n in a single process)."""
+    i, p = jax.process_index(), jax.process_count()
+    return range(n * i // p, n * (i + 1) // p)
+
+
+def _shared(mine: dict[int, Any]) -> dict[int, Any]:
+    """{row: value} of every process's own rows, on every process (a collective)."""
+    if jax.process_count() == 1:
+        return mine
+    out = {}
+    for part in allgather_json({str(i): v for i, v in mine.items()}):
+        out.update({int(i): v for i, v in part.items()})
+    return out
+
+
 class Episodes(NamedTuple):
     """A batch of finished episodes: the sampler's output and each row's env outcome."""
 
     out: MultiTurnOutput
     terms: dict[str, np.ndarray]  # per-row reward terms and tool metrics, [N] each
-    tool_seconds: float  # wall time spent stepping environments
+    tool_seconds: float  # wall time spent stepping environments (the slowest process's)
 
 
 def run_episodes(
@@ -182,13 +206,21 @@ def run_episodes(
     top_p: float = 1.0,
     workers: int = 8,
 ) -> Episodes:
-    """Samples G episodes of each prompt row (prompt, prompt_mask, answer, ...)."""
+    """Samples G episodes of each prompt row (prompt, prompt_mask, answer, ...).
+
+    Multi-process: called on every process with the same global prompt batch; this
+    process steps the environments of `own_rows(N)` only, and the returned Episodes
+    (terms of all N rows included) are the same on every process but `tool_seconds`.
+    """
     g = num_generations
     b = len(prompts["prompt"])
+    mine = own_rows(b * g)
     fields = [k for k in prompts if k not in ("prompt", "prompt_mask")]
     texts = tokenizer.decode_batch(prompts["prompt"], prompts["prompt_mask"], stop_at_eos=False)
     rows = [{**{k: prompts[k][i] for k in fields}, "prompt": texts[i]} for i in range(b)]
-    states = [env.reset(rows[i // g])[1] for i in range(b * g)]
+    states: list[Any] = [None] * (b * g)
+    for i in mine:
+        states[i] = env.reset(rows[i // g])[1]
     terms: list[dict | None] = [None] * (b * g)
     spent = [0.0]
     # Hermes calls from a chat checkpoint: observations are its template's tool turns.
@@ -212,9 +244,20 @@ def run_episodes(
 
     def on_turns(ended, actions, final):
         start = time.perf_counter()
-        out = list(pool.map(step_row, ended, actions, final))
+        if jax.process_count() == 1:
+            out = list(pool.map(step_row, ended, actions, final))
+            spent[0] += time.perf_counter() - start
+            return out
+        own = [j for j, i in enumerate(ended) if mine.start <= i < mine.stop]
+        got = list(pool.map(step_row, ended[own], [actions[j] for j in own], final[own]))
         spent[0] += time.perf_counter() - start
-        return out
+        every = _shared(
+            {
+                int(ended[j]): None if o is None else o.tolist()
+                for j, o in zip(own, got, strict=True)
+            }
+        )
+        return [None if every[i] is None else np.asarray(every[i], np.int32) for i in ended]
 
     stops = [tokenizer.encode(s) for s in env.stop_strings]
     if any(len(s) > 1 for s in stops) and not isinstance(tokenizer, ByteTokenizer):
@@ -246,10 +289,14 @@ def run_episodes(
             pad_id=tokenizer.pad_id,
         )
         # Rows the budget ended before the environment did: one last, empty turn.
-        for i in [i for i, t in enumerate(terms) if t is None]:
+        for i in [i for i in mine if terms[i] is None]:
             step_row(i, np.zeros(0, np.int32), True)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+    if jax.process_count() > 1:
+        every = _shared({i: {k: float(v) for k, v in terms[i].items()} for i in mine})
+        terms = [every[i] for i in range(b * g)]
+        spent[0] = max(allgather_json(spent[0]))
     names = sorted({k for t in terms for k in t})
     per_row = {k: np.asarray([t.get(k, 0.0) for t in terms], np.float32) for k in names}
     return Episodes(out, per_row, spent[0])
@@ -266,12 +313,8 @@ def collect(
     tokenizer: Any,
     num_generations: int,
 ) -> Rollout:
-    """`rollout.collect` for multi-turn episodes (single-process meshes)."""
-    if jax.process_count() > 1:
-        raise ValueError(
-            "multi-turn rollouts run on one process for now; set the env name to '' or "
-            "launch a single process."
-        )
+    """`rollout.collect` for multi-turn episodes; multi-process, called on every process
+    with the global prompt batch, as `rollout.collect` (see `run_episodes`)."""
     ep = run_episodes(
         env, tokenizer, params, episode_args["model_cfg"], prompts, key,
         num_generations=num_generations, **episode_args["sampling"],

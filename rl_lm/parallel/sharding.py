@@ -9,6 +9,7 @@ what `rl_lm.data` pipelines yield with (process_index, process_count).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -106,3 +107,23 @@ def to_host(x: jax.Array) -> np.ndarray:
     if x.is_fully_addressable:
         return np.asarray(x)
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def allgather_json(value: Any) -> list[Any]:
+    """Every process's JSON value `value`, in process order, on every process.
+
+    For small host values that differ by process (e.g. what each process's own
+    environments returned). A collective (two allgathers) when multi-process:
+    every process must call it, in the same order. [value] in a single process.
+    """
+    if jax.process_count() == 1:
+        return [value]
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8).astype(np.int32)
+    sizes = np.asarray(multihost_utils.process_allgather(np.int32(len(data)))).reshape(-1)
+    padded = np.zeros(max(int(sizes.max()), 1), np.int32)
+    padded[: len(data)] = data
+    every = np.asarray(multihost_utils.process_allgather(padded))
+    return [
+        json.loads(every[i, :size].astype(np.uint8).tobytes().decode())
+        for i, size in enumerate(sizes)
+    ]

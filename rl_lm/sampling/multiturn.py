@@ -24,6 +24,13 @@ single-turn sampler; what multi-turn adds is one host round trip per segment
 token per step rather than prefilled in one pass, which keeps the shapes fixed
 and costs a decode step per observation token.
 
+Multi-process runs: the host reads gather the global arrays (`to_host`), so every
+process sees the whole batch and makes the same host decisions; `on_turns` is
+called on every process with all ended rows and must return the same
+observations everywhere (`rl_lm.algos.episodes` steps each process's own rows'
+environments and exchanges the observations), so the next segment's inputs are
+the same on every process.
+
 Randomness depends on the row only: the k-th generated token of sample g of a
 prompt with key K uses the uniform drawn from fold_in(fold_in(K, g), k), as in
 `sampler.sample`, so a row samples the same whether alone or in any batch.
@@ -41,6 +48,7 @@ import numpy as np
 
 from rl_lm.models.config import ModelConfig
 from rl_lm.models.transformer import Params
+from rl_lm.parallel.sharding import to_host
 from rl_lm.sampling.decode import DecodeCache, decode_step, prefill, unstack_layers
 from rl_lm.sampling.sampler import _check_inputs, _prompt_keys, _uniforms, pick_tokens
 
@@ -229,7 +237,8 @@ def sample_multiturn(
         on_turns: called on the host with the rows whose turn just ended, each turn's
             sampled ids, and whether the row already ended (EOS or the budget: its
             answer is ignored). Returns, per row, the observation ids to append (an
-            empty array appends nothing and continues) or None to end the episode.
+            empty array appends nothing and continues) or None to end the episode; in a
+            multi-process run, the same on every process.
         max_tokens: R, the response budget of a row, sampled plus observation tokens.
         max_turn_tokens: sampled tokens per turn at most (default R); a turn that
             reaches it ends and goes to `on_turns` as if it had stopped.
@@ -295,7 +304,7 @@ def sample_multiturn(
     while True:
         carry = segment(params, carry, u_NxR)
         segments += 1
-        host = jax.device_get(
+        host = _host(
             {
                 k: getattr(carry, k)
                 for k in ("tokens", "count", "turn_start", "done", "wait", "final")
@@ -310,12 +319,10 @@ def sample_multiturn(
             carry = _resume(
                 carry, host, ended, final, observations, f, r, obs_tokens, truncated, cfg.vocab_size
             )
-        host_done = np.asarray(carry.done)
-        if host_done.all() or int(carry.t) >= r:
+        host_done, host_t = _host((carry.done, carry.t))
+        if host_done.all() or int(host_t) >= r:
             break
-    t = jax.device_get(
-        {k: getattr(carry, k) for k in ("tokens", "logprobs", "loss", "valid", "count")}
-    )
+    t = _host({k: getattr(carry, k) for k in ("tokens", "logprobs", "loss", "valid", "count")})
     tokens, count = t["tokens"][:, :r], t["count"]
     last_N = tokens[np.arange(n), np.maximum(count - 1, 0)]
     ended_by_eos = np.isin(last_N, np.asarray(eos_ids, np.int32)) & (
@@ -328,13 +335,26 @@ def sample_multiturn(
         mask=t["loss"][:, :r],
         attention_mask=t["valid"][:, :r],
         lengths=count,
-        prompt=np.repeat(np.asarray(prompt_BxP), g, axis=0),
-        prompt_mask=np.repeat(np.asarray(prompt_mask_BxP, np.int32), g, axis=0),
+        prompt=np.repeat(_host(prompt_BxP), g, axis=0),
+        prompt_mask=np.repeat(np.asarray(_host(prompt_mask_BxP), np.int32), g, axis=0),
         turns=turns,
         observation_tokens=obs_tokens,
         truncated=truncated,
         segments=segments,
     )
+
+
+def _host(tree):
+    """The full values of a tree of arrays on the host, on every process: a multi-process
+    global array that no process holds whole is gathered (the same on every process, so
+    every host makes the same decisions); the others are read where they are."""
+
+    def gather(x):
+        if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+            return to_host(x)
+        return x
+
+    return jax.device_get(jax.tree.map(gather, tree))
 
 
 def _head_tail(ids: np.ndarray, limit: int) -> np.ndarray:
@@ -351,9 +371,10 @@ def _resume(carry, host, ended, final, observations, f, r, obs_tokens, truncated
             f"on_turns returned {len(observations)} observations for {len(ended)} rows."
         )
     done, wait, final_all = host["done"].copy(), host["wait"].copy(), host["final"].copy()
-    forced, forced_len = np.asarray(carry.forced).copy(), np.asarray(carry.forced_len).copy()
-    forced_pos, turn_start = np.asarray(carry.forced_pos).copy(), host["turn_start"].copy()
-    window = np.asarray(carry.window).copy()
+    forced, forced_len, forced_pos, window = (
+        np.array(x) for x in _host((carry.forced, carry.forced_len, carry.forced_pos, carry.window))
+    )
+    turn_start = host["turn_start"].copy()
     for i, is_final, obs in zip(ended, final, observations, strict=True):
         wait[i] = final_all[i] = False
         if is_final:
