@@ -56,7 +56,8 @@ def load_state(
     Args:
       directory: a checkpoint directory (WORKDIR/checkpoints).
       step: the step to read; the latest when None.
-      device: where the arrays go; `jax.devices()[0]` when None.
+      device: where the arrays go; this process's first device when None (in a
+        multi-process job `jax.devices()[0]` belongs to process 0 alone).
 
     Returns:
       (state, step).
@@ -66,7 +67,7 @@ def load_state(
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {directory}.")
         metadata = manager.item_metadata(step)
-        device = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+        device = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
         target = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata
         )

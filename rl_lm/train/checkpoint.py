@@ -54,7 +54,7 @@ def load_base(directory: str | os.PathLike, device: jax.Device | None = None) ->
     path = base_directory(directory)
     if not path.is_dir():
         raise FileNotFoundError(f"{path} not found: the run in {directory} is not a LoRA run.")
-    sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+    sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
     with ocp.StandardCheckpointer() as reader:
         target = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),

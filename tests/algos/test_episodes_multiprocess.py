@@ -73,12 +73,6 @@ CODE = textwrap.dedent(
         return run
 
     episodes.make_eval = logged_eval
-    # The warm start's checkpoint is read onto jax.devices()[0], a device of process 0
-    # only; read it onto each process's own first device instead.
-    from rl_lm.train import checkpoint
-    load_state = checkpoint.load_state
-    checkpoint.load_state = lambda d, step=None, device=None: load_state(
-        d, step, device or jax.local_devices()[0])
     from absl import app
     from launch import train
     app.run(train.main, flags_parser=train.parse_flags)
