@@ -29,6 +29,7 @@ seconds, which tell a busy machine from a slow program), and a last line gives
 TRL's seconds over ours for each phase.
 
     python -m bench.grpo_step --repeats 3
+    python -m bench.grpo_step --off_policy   # off-policy sampling overlapped: bench/off_policy.py
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from bench import off_policy
 from rl_lm import parallel
 from rl_lm.algos import common, grpo_loss
 from rl_lm.core import advantages
@@ -386,7 +388,11 @@ def main():
         default=cores,
         help="CPU devices for our data-parallel run (also timed on one device)",
     )
+    parser.add_argument("--off_policy", action="store_true", help="bench/off_policy.py instead")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (--off_policy)")
     args = parser.parse_args()
+    if args.off_policy:
+        return off_policy.main(args)
     # One XLA CPU device per core, so our steps can use the cores torch's threads use.
     jax.config.update("jax_num_cpu_devices", args.devices)
 

@@ -24,10 +24,10 @@ implicit PRM, a language model trained online on each rollout's outcome labels
 and riding in the state as `prime` with its own optimizer, gives token rewards
 beta_p (lp_phi - lp_ref) (`rl_lm.algos.prime`).
 
-Host-side work (decoding, rewards, advantages, DAPO's group filter) runs on
-the global batch, identically on every process, so multi-host runs need no
-string gathering: every process reads the same global prompt batch and feeds
-its own rows to its devices.
+With `grpo.off_policy.steps` = 1, rollout k+1 is sampled with theta_k while
+update k runs, and truncated importance weights correct the staleness
+(`rl_lm.algos.off_policy`). Host-side work (decoding, rewards, advantages)
+runs on the global batch, identically on every process.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from rl_lm.algos import (
     common,
     episodes,
     grpo_loss,
+    off_policy,
     prime,
     process_rewards,
     reward_sources,
@@ -78,11 +79,16 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
     check_vocab(tokenizer, model_cfg.vocab_size)
     g, b = cfg.num_generations, data.batch_size
     n = b * g
+    off = cfg.get("off_policy")
+    pipelined = off_policy.enabled(off)
+    # With off_policy.sampler_devices the trainer keeps the first devices, the sampler the rest.
+    mesh, sample_mesh = off_policy.split_mesh(mesh, off.get("sampler_devices", 0) if off else 0)
     updates_per_rollout = cfg.num_epochs * cfg.num_minibatches
     common.check_batch_size(
         n // cfg.num_minibatches, mesh, cfg.num_microbatches, "data.batch_size*grpo.num_generations"
     )
     common.check_batch_size(b, mesh, 1, "data.batch_size")
+    common.check_batch_size(b, sample_mesh, 1, "data.batch_size")
     if data.max_prompt_len + cfg.max_new_tokens > model_cfg.max_seq_len:
         raise ValueError(
             f"data.max_prompt_len={data.max_prompt_len} + grpo.max_new_tokens="
@@ -134,7 +140,9 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
             extras["rm_params"] = rm_params
         if implicit_prm is not None:
             extras["prime"] = implicit_prm["init"](params)
-        return common.new_policy_state(params, optimizer, rng, lora_cfg, **extras)
+        state = common.new_policy_state(params, optimizer, rng, lora_cfg, **extras)
+        # Off-policy: the trainable params that sample the next rollout (theta_0 at first).
+        return {**state, off_policy.BEHAVIOR: state["params"]} if pipelined else state
 
     def specs_fn(abstract):
         specs = common.state_specs(
@@ -142,6 +150,8 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         )
         if implicit_prm is not None:
             specs["prime"] = implicit_prm["specs"]
+        if pipelined:
+            specs[off_policy.BEHAVIOR] = specs["params"]
         return specs
 
     init_state, abstract_state, shardings = rm_rewards.sharded_init(
@@ -194,15 +204,29 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         )
 
     def batches(start_step: int):
-        # Every process reads the whole global batch (cheap: prompts only).
-        return global_prompts(0, start_step)
+        # Every process reads the whole global batch (cheap: prompts only); off-policy
+        # steps also take the next one, to dispatch its sampling.
+        prompts = global_prompts(0, start_step)
+        return off_policy.pairs(prompts) if pipelined else prompts
 
     collect_args = dict(mesh=mesh, tokenizer=tokenizer, num_generations=g)
+    rollout_key = lambda index: jax.random.fold_in(jax.random.key(config.seed), index)
+    pipeline = None
+    if pipelined:
+        pipeline = off_policy.Pipeline(
+            sampler,
+            sample_mesh,
+            mesh,
+            parallel.named(sample_mesh, param_specs),
+            lambda index: jax.random.fold_in(rollout_key(index), 0),
+            dict(tokenizer=tokenizer, num_generations=g),
+        )
 
-    def score(state, prompts, key):
-        """Samples and scores one global prompt batch: (state, Rollout, host per-row
-        values, the reward sources' metrics)."""
-        r = collect_rollout(policy(state), prompts, key, **collect_args)
+    def score(state, prompts, key, r=None):
+        """Samples (unless given rollout `r`) and scores one global prompt batch: (state,
+        Rollout, host per-row values, the reward sources' metrics)."""
+        if r is None:
+            r = collect_rollout(policy(state), prompts, key, **collect_args)
         host = {"response": r.host_response, "mask": r.host_mask}
         host["correct"] = verifiable.exact_match(r.texts, r.answers, answer_format)
         if process is not None:
@@ -216,7 +240,7 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
 
     def collect(state, prompts, rollout_index):
         """One rollout, refilled with fresh prompts under DAPO dynamic sampling."""
-        key = jax.random.fold_in(jax.random.key(config.seed), rollout_index)
+        key = rollout_key(rollout_index)
         state, r, host, terms = score(state, prompts, jax.random.fold_in(key, 0))
         stats = {"reward": host["reward"].mean(), "correct": host["correct"].mean()}
         if not cfg.dynamic_sampling:
@@ -239,10 +263,27 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
             merged = {k: _pad_rows(v, n) for k, v in merged.items()}
         return state, rollout.take_rows([x for x, _ in scored], kept, n, mesh), merged, stats, terms
 
+    def collect_stale(state, prompts, rollout_index):
+        """Rollout k (sampled with theta_{k-1}, the state's behavior params), scored; rollout
+        k+1 dispatched with theta_k first. Returns collect's values and theta_k."""
+        prompts, following = prompts
+        behavior = lambda: policy({**state, "params": state[off_policy.BEHAVIOR]})
+        r = pipeline.take(behavior, prompts, rollout_index)
+        theta = off_policy.snapshot(state["params"])  # the update donates state["params"]
+        if rollout_index + 1 < train.num_steps:
+            pipeline.start(policy({**state, "params": theta}), following, rollout_index + 1)
+        state, r, host, terms = score(state, prompts, None, r)
+        stats = {"reward": host["reward"].mean(), "correct": host["correct"].mean()}
+        return state, r, host, stats, terms, theta
+
     def step(state, prompts):
         t0 = time.perf_counter()
         rollout_index = int(state["step"]) // updates_per_rollout
-        state, r, host, stats, terms = collect(state, prompts, rollout_index)
+        theta = None
+        if pipeline is None:
+            state, r, host, stats, terms = collect(state, prompts, rollout_index)
+        else:
+            state, r, host, stats, terms, theta = collect_stale(state, prompts, rollout_index)
         t1 = time.perf_counter()
         lo, hi = parallel.process_rows(mesh, n)
         arrays = r.rows()
@@ -287,8 +328,8 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
         arrays["adv"] = parallel.shard_batch({"adv": adv[lo:hi].astype(np.float32)}, mesh, n)["adv"]
         if use_ref:
             arrays["lp_ref"] = ref_lp
-        if updates_per_rollout > 1:
-            arrays["lp_old"] = logprobs(
+        if updates_per_rollout > 1 or pipeline is not None:  # theta_k's log-probs
+            lp_now = logprobs(
                 policy(state),
                 arrays["prompt"],
                 arrays["prompt_mask"],
@@ -296,6 +337,11 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
                 arrays["mask"],
                 arrays.get("attention_mask"),
             )
+            if updates_per_rollout > 1:
+                arrays["lp_old"] = lp_now
+            if pipeline is not None:
+                arrays["is_weight"], is_metrics = off_policy.weights(off, lp_now, r)
+                metrics.update(is_metrics)
         jax.block_until_ready(arrays)
         t2 = time.perf_counter()
         for epoch in range(cfg.num_epochs):
@@ -306,6 +352,8 @@ def make_trainer(config: Any, mesh: Mesh, init_from: Params | None = None) -> co
                 state, update_metrics = update(state, common.gather_rows(arrays, mb, mesh))
         update_metrics = common.host_scalars(update_metrics)
         t3 = time.perf_counter()
+        if theta is not None:
+            state = {**state, off_policy.BEHAVIOR: theta}
         metrics.update(update_metrics)
         metrics.update(
             reward=float(stats["reward"]),

@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rl_lm.algos import episodes, process_rewards, rm_rewards, source_spec
-from rl_lm.core import advantages, aggregation, importance, kl, losses
+from rl_lm.algos import episodes, off_policy, process_rewards, rm_rewards, source_spec
+from rl_lm.core import advantages, aggregation, kl, losses
 from rl_lm.models.config import ModelConfig
 from rl_lm.sampling.logprobs import response_logprobs
 
@@ -53,8 +53,8 @@ def default_config() -> ml_collections.ConfigDict:
             # Process rewards (token advantages from step scores); off by default.
             "process": process_rewards.default_config(),
             # Off-policy rollouts: steps 0 = on-policy; 1 = the rollout is one update
-            # stale, corrected by truncated importance weights (rl_lm.core.importance).
-            "off_policy": {"steps": 0, "is_mode": "token", "is_cap": 2.0},
+            # stale, sampled while the previous update runs (rl_lm.algos.off_policy).
+            "off_policy": off_policy.default_config(),
             # Multi-turn episodes with tools (rl_lm.algos.episodes); name "" = single-turn.
             # max_new_tokens is then an episode's whole response budget.
             "env": episodes.default_config(),
@@ -95,19 +95,7 @@ def validate(cfg: Any) -> None:
         )
     if cfg.get("process") is not None:
         problems += process_rewards.validate(cfg.process, cfg)
-    off = cfg.get("off_policy")
-    if off is not None:
-        if off.steps != 0:
-            # The truncated weights (rl_lm.core.importance) and the loss's is_weight
-            # term exist; the pipelined rollout that would feed them does not yet.
-            problems.append(
-                f"grpo.off_policy.steps={off.steps} not supported yet: the one-step"
-                " off-policy pipeline is not built; use 0 (on-policy)"
-            )
-        if off.is_mode not in importance.IS_MODES:
-            problems.append(f"grpo.off_policy.is_mode={off.is_mode!r} not in {importance.IS_MODES}")
-        if not off.is_cap >= 1.0:
-            problems.append(f"grpo.off_policy.is_cap={off.is_cap} must be >= 1")
+    problems += off_policy.problems(cfg.get("off_policy"), cfg)
     problems += episodes.problems(cfg.get("env"), "grpo.env")
     if episodes.enabled(cfg.get("env")):
         listed = source_spec.listed(cfg, "grpo")

@@ -177,11 +177,27 @@ def test_validate_names_the_field():
         grpo_loss.validate(_cfg(num_generations=1))
 
 
-def test_off_policy_steps_refused_until_the_pipeline_exists():
+def test_off_policy_settings_are_checked():
     cfg = grpo_loss.default_config()
     cfg.off_policy.steps = 1
-    with pytest.raises(ValueError, match="off_policy.steps=1 not supported yet"):
+    grpo_loss.validate(cfg)
+    cfg.off_policy.steps = 2
+    with pytest.raises(ValueError, match="off_policy.steps=2 not supported"):
         grpo_loss.validate(cfg)
+    cfg.off_policy.steps = 0
+    cfg.off_policy.sampler_devices = 4
+    with pytest.raises(ValueError, match="sampler_devices needs grpo.off_policy.steps=1"):
+        grpo_loss.validate(cfg)
+    cfg.off_policy.sampler_devices = 0
+    cfg.off_policy.steps = 1
+    cfg.dynamic_sampling = True
+    with pytest.raises(ValueError, match="does not take grpo.dynamic_sampling"):
+        grpo_loss.validate(cfg)
+    cfg.dynamic_sampling = False
+    cfg.env.name = "tools"
+    with pytest.raises(ValueError, match="does not take multi-turn episodes"):
+        grpo_loss.validate(cfg)
+    cfg.env.name = ""
     cfg.off_policy.steps = 0
     cfg.off_policy.is_cap = 0.5
     with pytest.raises(ValueError, match="is_cap=0.5 must be >= 1"):
